@@ -1,0 +1,489 @@
+//! End-to-end tests of `apply`/`recover` against real databases made and read by the system
+//! `sqlite3` CLI (which must be installed: these tests fail, never skip, without it).
+
+use super::*;
+use crate::backup::journal::journal_path;
+use crate::backup::lock;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(name: &str) -> Tmp {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "spoolvfs-apply-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Tmp(d)
+    }
+    fn p(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Runs `script` through `sqlite3 db`; asserts success and a clean stderr; returns stdout.
+fn sql(db: &Path, script: &str) -> String {
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 CLI must be installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sqlite3 {db:?} failed on {script:?}: {out:?}"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const FILL: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{n}) \
+                    INSERT INTO t(v) SELECT hex(randomblob(150)) FROM c;";
+
+fn fill(n: u32) -> String {
+    FILL.replace("{n}", &n.to_string())
+}
+
+/// State A: a rollback-mode database with `rows` rows.
+fn make_a(path: &Path, page_size: u32, rows: u32) {
+    sql(
+        path,
+        &format!(
+            "PRAGMA page_size={page_size}; PRAGMA journal_mode=delete;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX tv ON t(v); {}",
+            fill(rows)
+        ),
+    );
+}
+
+/// State B: a copy of A changed by `script`.
+fn make_b(a: &Path, b: &Path, script: &str) {
+    std::fs::copy(a, b).unwrap();
+    sql(b, script);
+}
+
+fn count(db: &Path) -> String {
+    sql(db, "SELECT count(*) FROM t;").trim().to_string()
+}
+
+fn db_page_size(bytes: &[u8]) -> u32 {
+    let raw = u32::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    if raw == 1 { 65536 } else { raw }
+}
+
+/// A write set holding every page of the database at `path`, each page a `Source::File`.
+fn pages_of(path: &Path) -> (WriteSet, u64, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    let ps = db_page_size(&bytes);
+    let f = Arc::new(File::open(path).unwrap());
+    let mut ws = WriteSet::new();
+    let mut off = 0u64;
+    while off < bytes.len() as u64 {
+        let src = Source::File {
+            file: Arc::clone(&f),
+            pos: off,
+        };
+        ws.insert(off, u64::from(ps), src);
+        off += u64::from(ps);
+    }
+    (ws, bytes.len() as u64, ps)
+}
+
+fn opts(fail_at: Option<FailPoint>) -> ApplyOptions {
+    ApplyOptions {
+        lock_timeout: Duration::from_secs(5),
+        sync: true,
+        fail_at,
+    }
+}
+
+fn apply_file(backup: &Path, b: &Path, o: &ApplyOptions) -> io::Result<ApplyReport> {
+    let (ws, size, ps) = pages_of(b);
+    let req = ApplyRequest {
+        writes: &ws,
+        final_size: size,
+        page_size: ps,
+        bump_counter_if_unchanged: false,
+    };
+    apply(backup, &req, o)
+}
+
+/// The A->B transitions every test runs through: (name, A page size, B script).
+const CASES: &[(&str, u32, &str)] = &[
+    ("grow", 4096, "INSERT INTO t(v) SELECT v || 'x' FROM t;"),
+    ("shrink", 4096, "DELETE FROM t WHERE id % 3 != 0; VACUUM;"),
+    (
+        "to1024",
+        4096,
+        "PRAGMA page_size=1024; VACUUM; DELETE FROM t WHERE id < 20;",
+    ),
+    (
+        "to4096",
+        1024,
+        "PRAGMA page_size=4096; VACUUM; INSERT INTO t(v) VALUES('z');",
+    ),
+    ("onerow", 4096, "UPDATE t SET v = 'changed' WHERE id = 77;"),
+];
+
+fn setup(t: &Tmp, page_size: u32, script: &str) -> (PathBuf, PathBuf) {
+    let (a, b) = (t.p("a.db"), t.p("b.db"));
+    make_a(&a, page_size, 400);
+    make_b(&a, &b, script);
+    (a, b)
+}
+
+#[test]
+fn apply_reaches_state_b_byte_for_byte() {
+    for &(name, ps, script) in CASES {
+        let t = Tmp::new(name);
+        let (a, b) = setup(&t, ps, script);
+        let backup = t.p("backup.db");
+        std::fs::copy(&a, &backup).unwrap();
+        let old_pages = std::fs::metadata(&a).unwrap().len() / u64::from(ps);
+        let rep = apply_file(&backup, &b, &opts(None)).unwrap();
+        let want = std::fs::read(&b).unwrap();
+        assert!(
+            std::fs::read(&backup).unwrap() == want,
+            "{name}: bytes differ"
+        );
+        assert!(!journal_path(&backup).exists(), "{name}: journal left");
+        assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n", "{name}");
+        assert_eq!(count(&backup), count(&b), "{name}");
+        assert_eq!(rep.bytes_written, want.len() as u64, "{name}");
+        assert_eq!(
+            rep.pages_written,
+            want.len() as u64 / u64::from(db_page_size(&want)),
+            "{name}"
+        );
+        assert!(rep.pages_journaled > 0, "{name}");
+        match name {
+            // Only the changed pages (header, a leaf or two, index pages) are journaled.
+            "onerow" => assert!(rep.pages_journaled < 10, "{name}: {rep:?}"),
+            "to1024" | "to4096" => assert_eq!(rep.pages_journaled, old_pages, "{name}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn apply_creates_missing_backup() {
+    let t = Tmp::new("fresh");
+    let (_a, b) = setup(&t, 4096, "INSERT INTO t(v) VALUES('fresh');");
+    let backup = t.p("backup.db");
+    let rep = apply_file(&backup, &b, &opts(None)).unwrap();
+    assert_eq!(rep.pages_journaled, 0);
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap());
+    assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & !0o644, 0, "created with at most 0644, got {mode:o}");
+}
+
+const FAILS: [FailPoint; 4] = [
+    FailPoint::AfterJournalRecords,
+    FailPoint::AfterJournalHot,
+    FailPoint::AfterSomeDbWrites,
+    FailPoint::AfterDbSync,
+];
+
+/// Crashes `apply` at every step and checks the backup still reads as A, first through the
+/// SQLite CLI (which must roll our hot journal back by itself), then through `recover`.
+#[test]
+fn crash_at_every_step_rolls_back_to_a() {
+    for &(name, ps, script) in CASES {
+        for fp in FAILS {
+            for via_cli in [true, false] {
+                let t = Tmp::new(name);
+                let (a, b) = setup(&t, ps, script);
+                let backup = t.p("backup.db");
+                std::fs::copy(&a, &backup).unwrap();
+                let what = format!("{name} {fp:?} cli={via_cli}");
+                let err = apply_file(&backup, &b, &opts(Some(fp))).unwrap_err();
+                assert_eq!(err.to_string(), "injected", "{what}");
+                let jp = journal_path(&backup);
+                assert!(jp.exists(), "{what}: journal must survive the crash");
+                let a_bytes = std::fs::read(&a).unwrap();
+                if fp == FailPoint::AfterDbSync {
+                    // The crash left state B in the file; only the journal brings A back.
+                    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap());
+                }
+                if via_cli {
+                    let out = sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;");
+                    assert_eq!(out, format!("ok\n{}\n", count(&a)), "{what}");
+                    if fp != FailPoint::AfterJournalRecords {
+                        assert!(!jp.exists(), "{what}: SQLite should have rolled back");
+                    }
+                    assert!(std::fs::read(&backup).unwrap() == a_bytes, "{what}: bytes");
+                } else {
+                    let rolled = recover(&backup, Duration::from_secs(5)).unwrap();
+                    assert_eq!(rolled, fp != FailPoint::AfterJournalRecords, "{what}");
+                    assert!(!jp.exists(), "{what}");
+                    assert!(std::fs::read(&backup).unwrap() == a_bytes, "{what}: bytes");
+                    assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n", "{what}");
+                }
+                // The next apply (which recovers first if needed) still reaches B.
+                apply_file(&backup, &b, &opts(None)).unwrap();
+                assert!(
+                    std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// A batch that only appends pages journals nothing, yet a crash must still cut the file back:
+/// the zero-record journal carries the original size, and SQLite honours it.
+#[test]
+fn crash_during_pure_growth_truncates_back() {
+    for via_cli in [true, false] {
+        let t = Tmp::new("append");
+        let a = t.p("a.db");
+        make_a(&a, 4096, 50);
+        let backup = t.p("backup.db");
+        std::fs::copy(&a, &backup).unwrap();
+        let a_bytes = std::fs::read(&a).unwrap();
+        let len = a_bytes.len() as u64;
+        let mut ws = WriteSet::new();
+        let junk: Arc<[u8]> = Arc::from(vec![0x77u8; 8192]);
+        ws.insert(
+            len,
+            8192,
+            Source::Bytes {
+                data: junk,
+                start: 0,
+            },
+        );
+        let req = ApplyRequest {
+            writes: &ws,
+            final_size: len + 8192,
+            page_size: 4096,
+            bump_counter_if_unchanged: false,
+        };
+        let err = apply(&backup, &req, &opts(Some(FailPoint::AfterDbSync))).unwrap_err();
+        assert_eq!(err.to_string(), "injected");
+        assert_eq!(std::fs::metadata(&backup).unwrap().len(), len + 8192);
+        let jlen = std::fs::metadata(journal_path(&backup)).unwrap().len();
+        assert_eq!(jlen, 512, "header only");
+        if via_cli {
+            let out = sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;");
+            assert_eq!(out, "ok\n50\n");
+        } else {
+            assert!(recover(&backup, Duration::from_secs(1)).unwrap());
+        }
+        assert!(std::fs::read(&backup).unwrap() == a_bytes, "cli={via_cli}");
+        // Without the crash the same batch commits and reports no journaled pages.
+        let rep = apply(&backup, &req, &opts(None)).unwrap();
+        assert_eq!(rep.pages_journaled, 0);
+        assert_eq!(rep.pages_written, 2);
+        assert_eq!(std::fs::metadata(&backup).unwrap().len(), len + 8192);
+    }
+}
+
+#[test]
+fn wal_header_becomes_rollback() {
+    let t = Tmp::new("wal");
+    let (a, b) = (t.p("a.db"), t.p("b.db"));
+    make_a(&a, 4096, 100);
+    sql(
+        &b,
+        &format!(
+            "PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); {}",
+            fill(300)
+        ),
+    );
+    let b_bytes = std::fs::read(&b).unwrap();
+    assert_eq!(
+        (b_bytes[18], b_bytes[19]),
+        (2, 2),
+        "B should be a WAL database"
+    );
+    assert!(!t.p("b.db-wal").exists(), "CLI checkpoints on close");
+    let backup = t.p("backup.db");
+    std::fs::copy(&a, &backup).unwrap();
+    apply_file(&backup, &b, &opts(None)).unwrap();
+    let got = std::fs::read(&backup).unwrap();
+    assert_eq!((got[18], got[19]), (1, 1));
+    let mut want = b_bytes.clone();
+    want[18] = 1;
+    want[19] = 1;
+    assert!(got == want, "nothing but bytes 18/19 differ from B");
+    assert_eq!(sql(&backup, "PRAGMA journal_mode;"), "delete\n");
+    assert_eq!(
+        sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;"),
+        "ok\n300\n"
+    );
+    assert!(!t.p("backup.db-wal").exists());
+    assert!(!t.p("backup.db-shm").exists());
+}
+
+#[test]
+fn counter_bumped_only_when_unchanged() {
+    let t = Tmp::new("counter");
+    let (a, b) = setup(&t, 4096, "UPDATE t SET v = 'new' WHERE id = 5;");
+    let a_bytes = std::fs::read(&a).unwrap();
+    let b_bytes = std::fs::read(&b).unwrap();
+    assert_ne!(a_bytes[24..28], b_bytes[24..28]);
+    let (mut ws, size, ps) = pages_of(&b);
+    // Model a WAL-mode capture: page content changed, file-version bytes 24..40 as in A.
+    ws.insert(
+        24,
+        16,
+        Source::Bytes {
+            data: Arc::from(a_bytes[24..40].to_vec()),
+            start: 0,
+        },
+    );
+    let backup = t.p("backup.db");
+    for bump in [false, true] {
+        std::fs::copy(&a, &backup).unwrap();
+        let req = ApplyRequest {
+            writes: &ws,
+            final_size: size,
+            page_size: ps,
+            bump_counter_if_unchanged: bump,
+        };
+        apply(&backup, &req, &opts(None)).unwrap();
+        let got = std::fs::read(&backup).unwrap();
+        let old = u32::from_be_bytes(a_bytes[24..28].try_into().unwrap());
+        let now = u32::from_be_bytes(got[24..28].try_into().unwrap());
+        if bump {
+            assert_eq!(now, old + 1);
+            assert_eq!(got[92..96], got[24..28], "version-valid-for follows");
+            let pages = u32::from_be_bytes(got[28..32].try_into().unwrap());
+            assert_eq!(u64::from(pages), size / u64::from(ps));
+        } else {
+            assert_eq!(now, old);
+        }
+        assert!(got[100..] == b_bytes[100..]);
+        assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n");
+        assert_eq!(sql(&backup, "SELECT v FROM t WHERE id = 5;"), "new\n");
+    }
+    // A batch that changes 24..40 itself is left alone.
+    std::fs::copy(&a, &backup).unwrap();
+    let (ws, size, ps) = pages_of(&b);
+    let req = ApplyRequest {
+        writes: &ws,
+        final_size: size,
+        page_size: ps,
+        bump_counter_if_unchanged: true,
+    };
+    apply(&backup, &req, &opts(None)).unwrap();
+    assert!(std::fs::read(&backup).unwrap() == b_bytes);
+}
+
+/// A reader in a long read transaction: apply waits for it, times out cleanly (backup still A,
+/// no journal), and succeeds once the reader is gone.
+#[test]
+fn apply_waits_for_readers_and_times_out_cleanly() {
+    let t = Tmp::new("reader");
+    let (a, b) = setup(&t, 4096, "INSERT INTO t(v) VALUES('late');");
+    let backup = t.p("backup.db");
+    std::fs::copy(&a, &backup).unwrap();
+    let mut reader = Command::new("sqlite3")
+        .arg(&backup)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 CLI must be installed");
+    let mut rin = reader.stdin.take().unwrap();
+    rin.write_all(b"BEGIN;\nSELECT count(*) FROM t;\n").unwrap();
+    rin.flush().unwrap();
+    let f = File::open(&backup).unwrap();
+    let start = Instant::now();
+    while !lock::shared_held_by_other(&f).unwrap() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reader never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = ApplyOptions {
+        lock_timeout: Duration::from_millis(100),
+        ..opts(None)
+    };
+    let err = apply_file(&backup, &b, &o).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert!(!journal_path(&backup).exists());
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&a).unwrap());
+    // The reader can still start new statements (no PENDING left behind) and ends cleanly.
+    rin.write_all(b"SELECT count(*) FROM t;\nCOMMIT;\n")
+        .unwrap();
+    drop(rin);
+    let out = reader.wait_with_output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let n = count(&a);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{n}\n{n}\n")
+    );
+    apply_file(&backup, &b, &o).unwrap();
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap());
+}
+
+/// Writes never land on the lock-byte page (checked on a sparse >1 GiB file, no SQLite).
+#[test]
+fn lock_byte_page_is_never_written() {
+    let t = Tmp::new("lockpage");
+    let backup = t.p("backup.bin");
+    let ps = 4096u64;
+    let start = PENDING_BYTE - ps;
+    let mut ws = WriteSet::new();
+    let data: Arc<[u8]> = Arc::from(vec![0xABu8; 3 * ps as usize]);
+    ws.insert(start, 3 * ps, Source::Bytes { data, start: 0 });
+    let req = ApplyRequest {
+        writes: &ws,
+        final_size: PENDING_BYTE + 2 * ps,
+        page_size: 4096,
+        bump_counter_if_unchanged: true,
+    };
+    let rep = apply(&backup, &req, &opts(None)).unwrap();
+    assert_eq!(rep.bytes_written, 2 * ps);
+    assert_eq!(rep.pages_written, 2);
+    let f = File::open(&backup).unwrap();
+    let mut buf = vec![0u8; 3 * ps as usize];
+    f.read_exact_at(&mut buf, start).unwrap();
+    assert!(buf[..ps as usize].iter().all(|b| *b == 0xAB));
+    assert!(buf[ps as usize..2 * ps as usize].iter().all(|b| *b == 0));
+    assert!(buf[2 * ps as usize..].iter().all(|b| *b == 0xAB));
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let t = Tmp::new("bad");
+    let ws = WriteSet::new();
+    for ps in [0, 100, 3000, 131072] {
+        let req = ApplyRequest {
+            writes: &ws,
+            final_size: 0,
+            page_size: ps,
+            bump_counter_if_unchanged: false,
+        };
+        let e = apply(&t.p("x.db"), &req, &opts(None)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{ps}");
+    }
+    assert!(!recover(&t.p("none.db"), Duration::ZERO).unwrap());
+}

@@ -1,0 +1,471 @@
+//! Turning VFS events into sealed spool records. Safe code over bytes; the FFI layer calls one
+//! `on_*` method per intercepted call, under the database's capture lock.
+//!
+//! Rollback-journal modes (DELETE, TRUNCATE, PERSIST, MEMORY, OFF): every write to the main
+//! database file outside a checkpoint is teed into the open record (the last write of a page wins
+//! when applied). `SQLITE_FCNTL_COMMIT_PHASETWO` seals it as a commit; it arrives only for commits,
+//! after the journal is finalized and while the lock is still held. Dropping the lock to SHARED or
+//! below with db writes pending means a rollback that spilled and played pre-images back: sealed as
+//! a `Rollback` record, which is harmless to apply and keeps the backup byte-identical.
+//!
+//! WAL mode: frame headers map WAL slots to page numbers, frame data writes are teed. A frame with a
+//! non-zero commit size marks the transaction committed; the record is sealed when the write lock
+//! is released (`xShmLock` UNLOCK of the WRITE slot) or at `COMMIT_PHASETWO` (exclusive locking
+//! mode has no shm), i.e. after SQLite has published the commit to readers. Releasing the write
+//! lock without a commit frame is a rollback: the record is dropped. Checkpoint copies into the db
+//! file (between `CKPT_START` and `CKPT_DONE`) are not captured: their frames already were.
+//!
+//! The database size of a record comes from the page-1 header (rollback) or the commit frame
+//! (WAL), never from the file size (the unix VFS resizes files invisibly inside file controls).
+//!
+//! Invariant: a record is sealed only with every page write of its transaction in it. When that
+//! cannot be guaranteed (a spool write failed, a WAL write we cannot attribute), `lost` is set and
+//! the consumer must resync; the open record is dropped.
+
+use std::collections::HashMap;
+use std::io;
+
+use crate::dbheader;
+use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
+use crate::spool::writer::{SealedPos, SpoolWriter};
+use crate::util::now_us;
+use crate::wal::{self, FrameHeader, WalHeader, WalRegion};
+
+/// A record that was just sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    pub seq: u64,
+    pub pos: SealedPos,
+    pub info: CommitInfo,
+}
+
+/// What a capture event produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub sealed: Option<Sealed>,
+    /// A problem that makes the backup miss changes (the caller logs it and schedules a resync).
+    pub lost: Option<String>,
+}
+
+impl Outcome {
+    fn lost(msg: String) -> Outcome {
+        Outcome { sealed: None, lost: Some(msg) }
+    }
+}
+
+#[derive(Default)]
+struct RollbackTxn {
+    /// The open record holds db-file writes.
+    active: bool,
+    /// Header of the last page-1 image written in this transaction.
+    page1: Option<[u8; dbheader::HEADER_LEN]>,
+    /// Length of the last db write (the page size when no header says otherwise).
+    last_write_len: u32,
+    /// Largest end offset written.
+    max_end: u64,
+}
+
+#[derive(Default)]
+struct WalTxn {
+    /// Page number of each frame slot whose header this transaction (or an earlier one) wrote.
+    slot_pgno: HashMap<u64, u32>,
+    /// Slots written by the open transaction.
+    first_slot: Option<u64>,
+    max_slot: u64,
+    /// Commit frame of the open transaction: (slot, db size in pages).
+    commit: Option<(u64, u32)>,
+}
+
+/// Capture state of one database, shared by all its connections in this process.
+pub struct Capture {
+    pub spool: SpoolWriter,
+    next_seq: u64,
+    last_sealed: Option<Sealed>,
+    rollback: RollbackTxn,
+    wal: WalTxn,
+    wal_header: Option<WalHeader>,
+    checkpoints: u32,
+    /// Size of the database in pages and its page size after the last sealed record.
+    db_pages: u64,
+    page_size: u32,
+    change_counter: u32,
+}
+
+impl Capture {
+    /// `page1` is the start of the database file as found at open (empty for a new database).
+    pub fn new(spool: SpoolWriter, first_seq: u64, page1: &[u8], file_size: u64) -> Capture {
+        let page_size = dbheader::page_size(page1).unwrap_or(0);
+        let db_pages = match dbheader::trusted_db_pages(page1) {
+            Some(p) => p as u64,
+            None if page_size > 0 => file_size / page_size as u64,
+            None => 0,
+        };
+        Capture {
+            spool,
+            next_seq: first_seq,
+            last_sealed: None,
+            rollback: RollbackTxn::default(),
+            wal: WalTxn::default(),
+            wal_header: None,
+            checkpoints: 0,
+            db_pages,
+            page_size,
+            change_counter: dbheader::change_counter(page1).unwrap_or(0),
+        }
+    }
+
+    /// The last sealed record, if any since this capture started.
+    pub fn last_sealed(&self) -> Option<Sealed> {
+        self.last_sealed
+    }
+
+    /// Next sequence number to be assigned.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// True while a transaction has captured writes that are not sealed yet.
+    pub fn txn_open(&self) -> bool {
+        self.rollback.active || self.wal.first_slot.is_some()
+    }
+
+    fn drop_open(&mut self) {
+        self.rollback = RollbackTxn::default();
+        self.wal.first_slot = None;
+        self.wal.max_slot = 0;
+        self.wal.commit = None;
+        // A failed abort abandons the segment, which drops the open entries too.
+        let _ = self.spool.abort();
+    }
+
+    fn failed(&mut self, what: &str, e: io::Error) -> Outcome {
+        self.drop_open();
+        Outcome::lost(format!("spool write failed while {what}: {e}"))
+    }
+
+    // ---- main database file -------------------------------------------------------------------
+
+    /// A write to the main database file.
+    pub fn on_db_write(&mut self, offset: u64, data: &[u8]) -> Outcome {
+        if self.checkpoints > 0 {
+            return Outcome::default();
+        }
+        if let Err(e) = self.spool.append_page(offset, data) {
+            return self.failed("capturing a database write", e);
+        }
+        let t = &mut self.rollback;
+        t.active = true;
+        t.last_write_len = data.len() as u32;
+        t.max_end = t.max_end.max(offset + data.len() as u64);
+        if offset == 0 && data.len() >= dbheader::HEADER_LEN {
+            let mut h = [0u8; dbheader::HEADER_LEN];
+            h.copy_from_slice(&data[..dbheader::HEADER_LEN]);
+            t.page1 = Some(h);
+        }
+        Outcome::default()
+    }
+
+    /// `SQLITE_FCNTL_CKPT_START` / `CKPT_DONE`.
+    pub fn on_checkpoint(&mut self, started: bool) {
+        if started {
+            self.checkpoints += 1;
+        } else {
+            self.checkpoints = self.checkpoints.saturating_sub(1);
+        }
+    }
+
+    /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
+    pub fn on_commit_phase_two(&mut self) -> Outcome {
+        if self.wal.first_slot.is_some() {
+            return self.finish_wal_txn();
+        }
+        if self.rollback.active {
+            return self.seal_rollback(RecordKind::Commit);
+        }
+        Outcome::default()
+    }
+
+    /// `xUnlock` of the main database file to `level`.
+    pub fn on_db_unlock(&mut self, level: i32) -> Outcome {
+        if level > libsqlite3_sys::SQLITE_LOCK_SHARED {
+            return Outcome::default();
+        }
+        // Checkpoint brackets never outlive the lock.
+        self.checkpoints = 0;
+        if self.rollback.active {
+            return self.seal_rollback(RecordKind::Rollback);
+        }
+        if self.wal.first_slot.is_some() {
+            // Closing an exclusive-mode WAL database with frames but no commit: a rollback.
+            return self.finish_wal_txn();
+        }
+        Outcome::default()
+    }
+
+    fn seal_rollback(&mut self, kind: RecordKind) -> Outcome {
+        let t = std::mem::take(&mut self.rollback);
+        let header_page_size = t.page1.as_ref().and_then(|h| dbheader::page_size(h));
+        let page_size = header_page_size
+            .or((self.page_size > 0).then_some(self.page_size))
+            .unwrap_or(t.last_write_len);
+        let db_pages = match t.page1.as_ref().and_then(|h| dbheader::trusted_db_pages(h)) {
+            Some(p) => p as u64,
+            // No page-1 write: the size did not change (every size change rewrites page 1).
+            None if t.page1.is_none() && self.page_size == page_size => self.db_pages,
+            None => t.max_end.div_ceil(page_size.max(1) as u64),
+        };
+        if let Some(c) = t.page1.as_ref().and_then(|h| dbheader::change_counter(h)) {
+            self.change_counter = c;
+        }
+        let info = CommitInfo {
+            kind,
+            mode: SourceMode::Rollback,
+            page_size,
+            db_size: db_pages * page_size as u64,
+            n_pages: self.spool.open_pages(),
+            sealed_us: now_us(),
+            token: self.change_counter as u64,
+            wal_frames: 0,
+        };
+        self.seal(info, db_pages, page_size)
+    }
+
+    fn seal(&mut self, info: CommitInfo, db_pages: u64, page_size: u32) -> Outcome {
+        let seq = self.next_seq;
+        match self.spool.seal(seq, &info) {
+            Ok(pos) => {
+                self.next_seq += 1;
+                self.db_pages = db_pages;
+                self.page_size = page_size;
+                let sealed = Sealed { seq, pos, info };
+                self.last_sealed = Some(sealed);
+                Outcome { sealed: Some(sealed), lost: None }
+            }
+            Err(e) => self.failed("sealing a transaction", e),
+        }
+    }
+
+    // ---- WAL file -----------------------------------------------------------------------------
+
+    /// The WAL file was opened; `header` holds its first 32 bytes (if it has them).
+    pub fn on_wal_open(&mut self, header: &[u8]) {
+        if let Some(h) = WalHeader::parse(header) {
+            self.wal_header = Some(h);
+        }
+    }
+
+    /// A write to the WAL file.
+    pub fn on_wal_write(&mut self, offset: u64, data: &[u8]) -> Outcome {
+        let page_size = self.wal_header.map_or(0, |h| h.page_size);
+        match wal::classify(page_size, offset) {
+            WalRegion::Header => {
+                if let Some(h) = WalHeader::parse(data) {
+                    // A new WAL or a restart: frames are numbered from the start again.
+                    self.wal_header = Some(h);
+                    self.wal.slot_pgno.clear();
+                    return Outcome::default();
+                }
+                Outcome::lost(format!("unrecognised write of {} bytes at WAL offset 0", data.len()))
+            }
+            WalRegion::FrameHeader(slot) if data.len() as u64 == wal::WAL_FRAME_HEADER_LEN => {
+                self.on_frame_header(slot, data)
+            }
+            WalRegion::FrameData(slot) if data.len() as u32 == page_size => {
+                let Some(&pgno) = self.wal.slot_pgno.get(&slot) else {
+                    self.drop_open();
+                    return Outcome::lost(format!("WAL frame {slot} written without its header"));
+                };
+                if self.wal.first_slot.is_none() {
+                    self.wal.first_slot = Some(slot);
+                }
+                let offset = (pgno as u64 - 1) * page_size as u64;
+                match self.spool.append_page(offset, data) {
+                    Ok(()) => Outcome::default(),
+                    Err(e) => self.failed("capturing a WAL frame", e),
+                }
+            }
+            _ => {
+                self.drop_open();
+                Outcome::lost(format!(
+                    "WAL write of {} bytes at offset {offset} does not match the frame layout",
+                    data.len()
+                ))
+            }
+        }
+    }
+
+    fn on_frame_header(&mut self, slot: u64, data: &[u8]) -> Outcome {
+        let Some(fh) = FrameHeader::parse(data) else {
+            return Outcome::default();
+        };
+        let mut out = Outcome::default();
+        if let Some(first) = self.wal.first_slot {
+            if self.wal.commit.is_none() && slot < first {
+                // Exclusive locking mode has no write-lock release: a frame written before the
+                // open transaction's first frame means that transaction was rolled back.
+                self.drop_open();
+            } else if self.wal.commit.is_some() && slot <= self.wal.max_slot {
+                // walRewriteChecksums rewrites headers of this transaction's frames: same pages.
+                return out;
+            } else if self.wal.commit.is_some() {
+                // A new transaction began without an unlock between (exclusive mode): seal first.
+                out = self.finish_wal_txn();
+            }
+        }
+        self.wal.slot_pgno.insert(slot, fh.pgno);
+        self.wal.max_slot = self.wal.max_slot.max(slot);
+        if self.wal.first_slot.is_none() {
+            self.wal.first_slot = Some(slot);
+        }
+        if fh.commit_size != 0 {
+            self.wal.commit = Some((slot, fh.commit_size));
+        }
+        out
+    }
+
+    /// The WAL file was truncated (checkpoint TRUNCATE, journal_size_limit).
+    pub fn on_wal_truncate(&mut self, size: u64) {
+        if size < wal::WAL_HEADER_LEN {
+            self.wal_header = None;
+            self.wal.slot_pgno.clear();
+        }
+    }
+
+    /// The WAL write lock was released (`xShmLock` UNLOCK of slot 0).
+    pub fn on_wal_write_unlock(&mut self) -> Outcome {
+        if self.wal.first_slot.is_some() {
+            return self.finish_wal_txn();
+        }
+        Outcome::default()
+    }
+
+    fn finish_wal_txn(&mut self) -> Outcome {
+        let Some((commit_slot, commit_pages)) = self.wal.commit else {
+            // No commit frame: rolled back. SQLite reuses these slots for the next transaction.
+            self.drop_open();
+            return Outcome::default();
+        };
+        let page_size = self.wal_header.map_or(0, |h| h.page_size);
+        let salts = self.wal_header.map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
+        self.wal.first_slot = None;
+        self.wal.max_slot = 0;
+        self.wal.commit = None;
+        let info = CommitInfo {
+            kind: RecordKind::Commit,
+            mode: SourceMode::Wal,
+            page_size,
+            db_size: commit_pages as u64 * page_size as u64,
+            n_pages: self.spool.open_pages(),
+            sealed_us: now_us(),
+            token: salts,
+            wal_frames: commit_slot + 1,
+        };
+        self.seal(info, commit_pages as u64, page_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::reader::SegmentReader;
+    use crate::wal::tests::build_wal;
+
+    fn capture(name: &str) -> (Capture, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("spoolvfs-cap-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let w = SpoolWriter::new(d.clone(), 1, false, u64::MAX);
+        (Capture::new(w, 1, &[], 0), d)
+    }
+
+    fn page1(page_size: u16, counter: u32, pages: u32) -> Vec<u8> {
+        let mut p = vec![0u8; page_size as usize];
+        p[..16].copy_from_slice(dbheader::MAGIC);
+        p[16..18].copy_from_slice(&page_size.to_be_bytes());
+        p[24..28].copy_from_slice(&counter.to_be_bytes());
+        p[28..32].copy_from_slice(&pages.to_be_bytes());
+        p[92..96].copy_from_slice(&counter.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn rollback_commit_is_sealed_with_header_size() {
+        let (mut c, d) = capture("rb");
+        c.on_db_write(0, &page1(1024, 5, 3));
+        c.on_db_write(2048, &[7u8; 1024]);
+        assert!(c.txn_open());
+        let out = c.on_commit_phase_two();
+        let s = out.sealed.unwrap();
+        assert_eq!(s.info.db_size, 3 * 1024);
+        assert_eq!(s.info.n_pages, 2);
+        assert_eq!(s.info.kind, RecordKind::Commit);
+        assert!(!c.txn_open());
+        // Unlock after commit seals nothing more.
+        assert!(c.on_db_unlock(1).sealed.is_none());
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        assert_eq!(r.read_records(Some(s.pos.end), 100).unwrap().records.len(), 1);
+    }
+
+    #[test]
+    fn spill_then_rollback_is_sealed_as_rollback() {
+        let (mut c, _d) = capture("spill");
+        c.on_db_write(0, &page1(1024, 5, 3));
+        c.on_commit_phase_two();
+        c.on_db_write(4096, &[1u8; 1024]); // spill
+        let out = c.on_db_unlock(1);
+        let s = out.sealed.unwrap();
+        assert_eq!(s.info.kind, RecordKind::Rollback);
+        assert_eq!(s.info.db_size, 3 * 1024);
+    }
+
+    #[test]
+    fn checkpoint_writes_are_not_captured() {
+        let (mut c, _d) = capture("ckpt");
+        c.on_checkpoint(true);
+        c.on_db_write(0, &page1(1024, 5, 3));
+        c.on_checkpoint(false);
+        assert!(!c.txn_open());
+    }
+
+    fn wal_writes(c: &mut Capture, wal: &[u8], page_size: usize) {
+        c.on_wal_write(0, &wal[..32]);
+        let frame = 24 + page_size;
+        let mut at = 32;
+        while at + frame <= wal.len() {
+            c.on_wal_write(at as u64, &wal[at..at + 24]);
+            c.on_wal_write((at + 24) as u64, &wal[at + 24..at + frame]);
+            at += frame;
+        }
+    }
+
+    #[test]
+    fn wal_commit_sealed_on_unlock_and_rollback_dropped() {
+        let (mut c, d) = capture("wal");
+        let wal = build_wal(512, &[(1, 0, 1), (2, 3, 2)], (1, 2));
+        wal_writes(&mut c, &wal, 512);
+        let s = c.on_wal_write_unlock().sealed.unwrap();
+        assert_eq!(s.info.db_size, 3 * 512);
+        assert_eq!(s.info.n_pages, 2);
+        assert_eq!(s.info.wal_frames, 2);
+        // Next transaction writes a frame and rolls back.
+        let more = build_wal(512, &[(1, 0, 1), (2, 3, 2), (3, 0, 9)], (1, 2));
+        let at = 32 + 2 * (24 + 512);
+        c.on_wal_write(at as u64, &more[at..at + 24]);
+        c.on_wal_write((at + 24) as u64, &more[at + 24..at + 24 + 512]);
+        assert!(c.txn_open());
+        assert!(c.on_wal_write_unlock().sealed.is_none());
+        assert!(!c.txn_open());
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let got = r.read_records(None, 100).unwrap();
+        assert_eq!(got.records.len(), 1);
+        assert_eq!(got.records[0].pages[1].offset, 512);
+    }
+
+    #[test]
+    fn wal_data_without_header_is_reported_lost() {
+        let (mut c, _d) = capture("walhole");
+        let wal = build_wal(512, &[(1, 1, 1)], (1, 2));
+        c.on_wal_write(0, &wal[..32]);
+        let out = c.on_wal_write(56, &wal[56..56 + 512]);
+        assert!(out.lost.is_some());
+    }
+}

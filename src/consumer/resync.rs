@@ -1,0 +1,320 @@
+//! Seeding and resync without blocking writers: bring the backup to a committed state of the
+//! source while the source keeps changing, rewriting only pages that differ.
+//!
+//! Algorithm (one attempt):
+//! 1. `P` = the last sealed record. Every record sealed after `P` will be replayed.
+//! 2. Read every page of the source file without any lock, compare it with the backup, and copy the
+//!    differing ones to a scratch file in the spool. If a WAL exists, overlay its committed frames
+//!    (validated as SQLite recovery would) and check that the WAL header (salts, checkpoint
+//!    sequence) did not change from before the copy to after the scan: without a restart no frame
+//!    was overwritten, so every page a checkpoint wrote during the copy is also in the overlay.
+//! 3. Wait until no transaction of this process is open, and take `S` = the last sealed record.
+//! 4. Apply `copy + records (P, S]` to the backup as one atomic batch.
+//!
+//! Why it is correct: each page of the result is the last write to it after `P` (all captured and
+//! replayed in order), or else the page as read, which nothing changed after `P`. A torn read is
+//! a page being written, so a later write to it exists and wins. Spilled pages of a transaction
+//! still open during the copy are followed by its record (commit or rollback playback) before `S`.
+//! In rollback mode a hot journal nobody of ours owns (a crashed writer) is waited out: whoever
+//! opens the database next rolls it back through SQLite.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Consumer, LOCK_TIMEOUT, add_records};
+use crate::backup::apply;
+use crate::backup::writeset::{Source, WriteSet};
+use crate::dbheader;
+use crate::dbstate::lock;
+use crate::spool::reader::{Record, SegmentReader};
+use crate::spool::writer::SealedPos;
+use crate::spool::{list_segments, segment_path};
+use crate::wal::{self, WalHeader};
+
+/// Lock-free read access to the source database file, provided by the VFS layer (it reads
+/// through a private file of the underlying VFS so that no process-wide POSIX lock is disturbed).
+pub trait SourceReader: Send {
+    /// Reads into `buf` at `offset`; returns the bytes read (fewer at end of file).
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Current size of the file in bytes.
+    fn size(&mut self) -> io::Result<u64>;
+}
+
+const MAX_ATTEMPTS: u32 = 20;
+
+/// Runs a resync to completion (or error).
+pub(super) fn run(c: &mut Consumer) -> Result<(), String> {
+    let gen_ = lock(&c.state.progress).lost_gen;
+    apply::recover(&c.state.cfg.backup, LOCK_TIMEOUT)
+        .map_err(|e| format!("rolling back the backup's hot journal: {e}"))?;
+    for _ in 0..MAX_ATTEMPTS {
+        if attempt(c, gen_)? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(format!("resync found no stable view of the source after {MAX_ATTEMPTS} attempts"))
+}
+
+fn path_with(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut os = base.as_os_str().to_owned();
+    os.push(suffix);
+    os.into()
+}
+
+fn read_wal_header(path: &std::path::Path) -> Option<WalHeader> {
+    let f = File::open(path).ok()?;
+    let mut h = [0u8; wal::WAL_HEADER_LEN as usize];
+    f.read_exact_at(&mut h, 0).ok()?;
+    WalHeader::parse(&h)
+}
+
+/// True if the source has a journal that looks hot and no transaction of ours is open.
+fn foreign_hot_journal(c: &Consumer) -> bool {
+    let journal = path_with(&c.state.cfg.db, "-journal");
+    let mut first = [0u8; 1];
+    let looks_hot = File::open(&journal).and_then(|f| f.read_exact_at(&mut first, 0)).is_ok()
+        && first[0] != 0;
+    looks_hot && !lock(&c.state.capture).txn_open()
+}
+
+fn stopping(c: &Consumer) -> bool {
+    lock(&c.state.progress).stop_by.is_some_and(|t| Instant::now() >= t)
+}
+
+struct Scratch {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl Scratch {
+    fn append(&mut self, data: &[u8]) -> io::Result<u64> {
+        let at = self.len;
+        self.file.write_all_at(data, at)?;
+        self.len += data.len() as u64;
+        Ok(at)
+    }
+}
+
+/// One attempt; `Ok(false)` asks for another (the source moved under us in a way we must redo).
+fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
+    let cfg = c.state.cfg.clone();
+    while foreign_hot_journal(c) {
+        if stopping(c) {
+            return Err("stopping while the source had a hot journal".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 1. P.
+    let p = lock(&c.state.progress).sealed;
+    let replay_from = p.map_or(SealedPos { segment: c.first_segment, end: 0 }, |s| s.pos);
+
+    // 2. Copy the differing pages.
+    let io_err = |what: &str| {
+        let what = what.to_string();
+        move |e: io::Error| format!("resync: {what}: {e}")
+    };
+    std::fs::create_dir_all(&cfg.spool).map_err(io_err("creating the spool directory"))?;
+    let scratch_path = cfg.spool.join("resync.tmp");
+    let scratch_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&scratch_path)
+        .map_err(io_err("creating the resync scratch file"))?;
+    let mut scratch = Scratch { file: Arc::new(scratch_file), len: 0 };
+    let wal_path = path_with(&cfg.db, "-wal");
+    let wal_before = read_wal_header(&wal_path);
+
+    let mut page1 = [0u8; dbheader::HEADER_LEN];
+    c.source.read_at(&mut page1, 0).map_err(io_err("reading the source header"))?;
+    let src_size = c.source.size().map_err(io_err("sizing the source"))?;
+    let mut page_size = dbheader::page_size(&page1)
+        .or(wal_before.map(|h| h.page_size))
+        .unwrap_or(4096);
+    let backup = match File::open(&cfg.backup) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("resync: opening the backup: {e}")),
+    };
+    let backup_len = match &backup {
+        Some(f) => f.metadata().map_err(io_err("sizing the backup"))?.len(),
+        None => 0,
+    };
+    let n_pages = src_size.div_ceil(page_size as u64);
+    {
+        let mut pr = lock(&c.state.progress);
+        pr.resync_total = n_pages;
+        pr.resync_done = 0;
+    }
+    let mut writes = WriteSet::new();
+    let ps = page_size as usize;
+    let mut src_page = vec![0u8; ps];
+    let mut bak_page = vec![0u8; ps];
+    for pgno in 1..=n_pages {
+        let off = (pgno - 1) * page_size as u64;
+        if off <= dbheader::LOCK_BYTE_OFFSET && dbheader::LOCK_BYTE_OFFSET < off + page_size as u64 {
+            continue;
+        }
+        src_page.fill(0);
+        c.source.read_at(&mut src_page, off).map_err(io_err("reading a source page"))?;
+        let same = match &backup {
+            Some(b) if off + page_size as u64 <= backup_len => {
+                b.read_exact_at(&mut bak_page, off).map_err(io_err("reading a backup page"))?;
+                bak_page == src_page
+            }
+            _ => false,
+        };
+        if !same {
+            let at = scratch.append(&src_page).map_err(io_err("writing the resync scratch file"))?;
+            writes.insert(off, page_size as u64, Source::File { file: scratch.file.clone(), pos: at });
+        }
+        if pgno % 4096 == 0 {
+            lock(&c.state.progress).resync_done = pgno;
+            if stopping(c) {
+                return Err("stopping during a resync".into());
+            }
+        }
+    }
+    let mut final_size = match dbheader::trusted_db_pages(&page1) {
+        Some(pages) => pages as u64 * page_size as u64,
+        None => n_pages * page_size as u64,
+    };
+    let mut source_is_wal = dbheader::is_wal_format(&page1);
+    if let Ok(wal_file) = File::open(&wal_path) {
+        let committed = wal::scan_committed(&wal_file).map_err(io_err("scanning the WAL"))?;
+        if let (Some(h), Some(db_pages)) = (committed.header, committed.db_pages) {
+            source_is_wal = true;
+            page_size = h.page_size;
+            let mut frame = vec![0u8; h.page_size as usize];
+            let mut pages: Vec<_> = committed.newest_frame.iter().map(|(&p, &at)| (p, at)).collect();
+            pages.sort_unstable();
+            for (pgno, data_at) in pages {
+                wal_file.read_exact_at(&mut frame, data_at).map_err(io_err("reading a WAL frame"))?;
+                let at = scratch.append(&frame).map_err(io_err("writing the resync scratch file"))?;
+                let off = (pgno as u64 - 1) * h.page_size as u64;
+                writes.insert(off, h.page_size as u64, Source::File { file: scratch.file.clone(), pos: at });
+            }
+            final_size = db_pages as u64 * h.page_size as u64;
+        }
+    }
+    let wal_after = read_wal_header(&wal_path);
+    let same_wal = |a: Option<WalHeader>, b: Option<WalHeader>| match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => (x.salt1, x.salt2, x.checkpoint_seq) == (y.salt1, y.salt2, y.checkpoint_seq),
+        _ => false,
+    };
+    if !same_wal(wal_before, wal_after) {
+        return Ok(false);
+    }
+
+    // 3. Quiescent point S.
+    let s = loop {
+        {
+            let cap = lock(&c.state.capture);
+            if !cap.txn_open() {
+                break cap.last_sealed();
+            }
+        }
+        if stopping(c) {
+            return Err("stopping during a resync".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+
+    // 4. Replay (P, S] after the copy, then apply as one batch.
+    let mut last_record: Option<Record> = None;
+    let mut any_commit = false;
+    if let Some(s) = s {
+        if p.map(|p| p.seq) != Some(s.seq) {
+            let Some(groups) = read_range(&cfg.spool, replay_from, s.pos)
+                .map_err(io_err("reading the spool"))?
+            else {
+                return Ok(false);
+            };
+            let mut expect = p.map_or(c.first_seq, |p| p.seq + 1);
+            for (file, records) in &groups {
+                for r in records {
+                    if r.seq != expect {
+                        return Ok(false);
+                    }
+                    expect += 1;
+                    any_commit |= r.info.kind == crate::spool::format::RecordKind::Commit;
+                }
+                add_records(&mut writes, records, Some(file.clone()));
+                if let Some(r) = records.last() {
+                    last_record = Some(r.clone());
+                }
+            }
+            if expect != s.seq + 1 {
+                return Ok(false);
+            }
+        }
+    }
+    if lock(&c.state.progress).lost_gen != gen_ {
+        // A capture loss (or a new request) during the copy: records after P are incomplete.
+        return Ok(false);
+    }
+    if let Some(r) = &last_record {
+        final_size = r.info.db_size;
+        page_size = r.info.page_size;
+    }
+    let bump = source_is_wal || any_commit;
+    c.apply_sized(&writes, final_size, page_size, bump)?;
+
+    let mut pr = lock(&c.state.progress);
+    if let Some(s) = s {
+        pr.applied_seq = s.seq;
+        while pr.unapplied.front().is_some_and(|&(q, _)| q <= s.seq) {
+            pr.unapplied.pop_front();
+        }
+    }
+    pr.resynced_gen = gen_;
+    pr.resyncs += 1;
+    pr.resync_done = pr.resync_total;
+    drop(pr);
+    c.state.changed.notify_all();
+    c.cursor.reader = None;
+    c.cursor.at = s.map_or(replay_from, |s| s.pos);
+    c.trim_before(c.cursor.at.segment);
+    let _ = std::fs::remove_file(&scratch_path);
+    Ok(true)
+}
+
+/// Sealed records from position `from` up to `to` (inclusive end), grouped by segment file.
+/// `None` when something published as sealed is missing or damaged.
+fn read_range(
+    dir: &std::path::Path,
+    from: SealedPos,
+    to: SealedPos,
+) -> io::Result<Option<Vec<(Arc<File>, Vec<Record>)>>> {
+    let mut out = Vec::new();
+    let segments: Vec<u64> = list_segments(dir)?
+        .into_iter()
+        .filter(|&n| n >= from.segment && n <= to.segment)
+        .collect();
+    for n in segments {
+        let mut r = match SegmentReader::open(dir, n) {
+            Ok(r) => r,
+            Err(_) if n != to.segment && n != from.segment => continue,
+            Err(_) => return Ok(None),
+        };
+        if n == from.segment && from.end > r.pos {
+            r.pos = from.end;
+        }
+        let limit = (n == to.segment).then_some(to.end);
+        let got = r.read_records(limit, usize::MAX)?;
+        if got.torn && limit.is_some() {
+            return Ok(None);
+        }
+        if !got.records.is_empty() {
+            out.push((r.file.clone(), got.records));
+        }
+    }
+    let _ = segment_path;
+    Ok(Some(out))
+}

@@ -1,0 +1,522 @@
+//! Tracked files (the main database and its WAL): the wrapper layout, the tracked open, and the
+//! io methods. Every method forwards to the real file first and returns its result unchanged;
+//! capture runs after a successful forward, under its own panic guard, and a capture failure
+//! only ever marks the backup for resync (the source never sees an error from us).
+//!
+//! ```text
+//!   SQLite's buffer (szOsFile = size_of::<SpoolFile>() + unix szOsFile)
+//!   ┌──────────────────────────────┬───────────────────────────────┐
+//!   │ SpoolFile                    │ real file (unixFile)          │
+//!   │  base.pMethods → IO_V{1,2,3} │  pMethods → unix io methods   │
+//!   │  state: *const DbState (Arc) │                               │
+//!   │  role: MainDb | Wal          │                               │
+//!   └──────────────────────────────┴───────────────────────────────┘
+//! ```
+//! Invariants: `base.pMethods` is non-null only after the real open succeeded (SQLite calls
+//! xClose exactly when it is non-null); `state` owns one strong count of its `Arc`, released in
+//! xClose; the io-method table has the same `iVersion` as the real file's.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::mem::size_of;
+use std::sync::Arc;
+
+use libsqlite3_sys::{
+    SQLITE_CANTOPEN, SQLITE_FCNTL_CKPT_DONE, SQLITE_FCNTL_CKPT_START,
+    SQLITE_FCNTL_COMMIT_PHASETWO, SQLITE_FCNTL_VFSNAME, SQLITE_IOERR, SQLITE_IOERR_CLOSE,
+    SQLITE_IOERR_FSTAT, SQLITE_IOERR_LOCK, SQLITE_IOERR_READ, SQLITE_IOERR_SHMLOCK,
+    SQLITE_IOERR_SHMMAP, SQLITE_IOERR_TRUNCATE, SQLITE_IOERR_UNLOCK, SQLITE_IOERR_WRITE,
+    SQLITE_IOERR_FSYNC, SQLITE_NOTFOUND, SQLITE_OK, SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_UNLOCK,
+    sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs,
+};
+
+use super::{api, c_str, guard, sqlite_string};
+use crate::capture::{Capture, Outcome};
+use crate::config::Config;
+use crate::dbstate::{DbState, lock, registry};
+
+/// What a tracked file is.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    MainDb = 1,
+    Wal = 2,
+}
+
+/// Our part of the file object; the real file follows it in the same buffer.
+#[repr(C)]
+pub struct SpoolFile {
+    base: sqlite3_file,
+    state: *const DbState,
+    role: Role,
+    _pad: u32,
+}
+
+// The real file must start 8-byte aligned right after the wrapper.
+const _: () = assert!(size_of::<SpoolFile>() % 8 == 0);
+
+/// Bytes our wrapper adds to the underlying VFS's `szOsFile`.
+pub fn wrapper_size() -> c_int {
+    size_of::<SpoolFile>() as c_int
+}
+
+/// The real file inside a wrapper.
+///
+/// # Safety
+/// `f` must point to a buffer of at least `wrapper_size() + root.szOsFile` bytes.
+unsafe fn real(f: *mut sqlite3_file) -> *mut sqlite3_file {
+    // SAFETY: in bounds of the buffer by the caller's contract; the layout is documented above.
+    unsafe { (f as *mut u8).add(size_of::<SpoolFile>()) as *mut sqlite3_file }
+}
+
+/// The real file's method table.
+///
+/// # Safety
+/// `f` must be an opened wrapper (its real file opened successfully).
+unsafe fn real_methods(f: *mut sqlite3_file) -> &'static sqlite3_io_methods {
+    // SAFETY: the real file was opened, so its pMethods points to the unix VFS's static table.
+    unsafe { &*(*real(f)).pMethods }
+}
+
+/// The database state of an opened wrapper.
+///
+/// # Safety
+/// `f` must be an opened wrapper.
+unsafe fn state_of<'a>(f: *mut sqlite3_file) -> &'a DbState {
+    // SAFETY: opened wrappers hold a strong count of this Arc until xClose.
+    unsafe { &*(*(f as *mut SpoolFile)).state }
+}
+
+/// # Safety
+/// `f` must be an opened wrapper.
+unsafe fn role_of(f: *mut sqlite3_file) -> Role {
+    // SAFETY: by the caller's contract `f` is our wrapper.
+    unsafe { (*(f as *mut SpoolFile)).role }
+}
+
+/// True if `f` is a file opened by this VFS (its method table is one of ours).
+pub fn is_ours(f: *const sqlite3_file) -> bool {
+    if f.is_null() {
+        return false;
+    }
+    // SAFETY: `f` is a non-null sqlite3_file handed to us by SQLite.
+    let m = unsafe { (*f).pMethods };
+    std::ptr::eq(m, &IO_V1) || std::ptr::eq(m, &IO_V2) || std::ptr::eq(m, &IO_V3)
+}
+
+/// The database state behind a file returned by `SQLITE_FCNTL_FILE_POINTER`, if it is ours.
+pub fn state_of_file(f: *mut sqlite3_file) -> Option<Arc<DbState>> {
+    if !is_ours(f) {
+        return None;
+    }
+    // SAFETY: ours and opened (a method table is set only after a successful open).
+    let p = unsafe { (*(f as *mut SpoolFile)).state };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` came from Arc::into_raw and the file still holds that count.
+    unsafe { Arc::increment_strong_count(p) };
+    // SAFETY: we just added the count this Arc now owns.
+    Some(unsafe { Arc::from_raw(p) })
+}
+
+/// Runs a capture step under the capture lock and publishes its outcome; a panic inside becomes
+/// a reported loss (resync), never an error for SQLite.
+fn capture(state: &DbState, f: impl FnOnce(&mut Capture) -> Outcome) {
+    let out = guard(Outcome { sealed: None, lost: Some("internal error (panic) in capture".into()) }, || {
+        let mut cap = lock(&state.capture);
+        let out = f(&mut cap);
+        // Publish while holding the capture lock so records are published in sequence order.
+        state.publish(Outcome { sealed: out.sealed, lost: None });
+        Outcome { sealed: None, lost: out.lost }
+    });
+    state.publish(out);
+}
+
+fn uri_names(name: *const c_char) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(key) = api().and_then(|a| a.uri_key) else { return out };
+    if super::libversion_number() < 3_031_000 {
+        return out;
+    }
+    for i in 0..64 {
+        // SAFETY: `name` is a main-db filename from SQLite (URI parameters follow it).
+        let k = unsafe { key(name, i) };
+        // SAFETY: null or a NUL-terminated string inside SQLite's filename buffer.
+        match unsafe { c_str(k) } {
+            Some(k) => out.push(k),
+            None => break,
+        }
+    }
+    out
+}
+
+fn uri_param(name: *const c_char, key: &str) -> Option<String> {
+    let f = api()?.uri_parameter?;
+    let k = std::ffi::CString::new(key).ok()?;
+    // SAFETY: `name` is a main-db filename from SQLite; `k` is NUL-terminated.
+    let v = unsafe { f(name, k.as_ptr()) };
+    // SAFETY: null or a NUL-terminated string inside SQLite's filename buffer.
+    unsafe { c_str(v) }
+}
+
+/// Opens a main database or WAL file with tracking.
+///
+/// # Safety
+/// Arguments as SQLite passes them to xOpen; `root` is the unix VFS.
+pub unsafe fn open_tracked(
+    root: *mut sqlite3_vfs,
+    name: *const c_char,
+    file: *mut sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+    is_wal: bool,
+) -> c_int {
+    // SAFETY: `file` is SQLite's buffer; clearing pMethods first means a failed open is never closed.
+    unsafe { (*file).pMethods = std::ptr::null() };
+    // Find the owner before opening: the WAL belongs to the main db whose pager opens it.
+    let state: Option<Arc<DbState>> = if is_wal {
+        let owner = match api().and_then(|a| a.database_file_object) {
+            // SAFETY: `name` is a WAL filename created by the pager, as this function requires.
+            Some(f) if super::libversion_number() >= 3_032_000 => unsafe { f(name) },
+            _ => std::ptr::null_mut(),
+        };
+        state_of_file(owner)
+    } else {
+        None
+    };
+    // SAFETY: root is the live unix VFS.
+    let Some(open) = (unsafe { root.as_ref() }).and_then(|r| r.xOpen) else {
+        return SQLITE_CANTOPEN;
+    };
+    // SAFETY: the real file sits inside SQLite's buffer (szOsFile includes it); args unchanged.
+    let rc = unsafe { open(root, name, real(file), flags, out_flags) };
+    if rc != SQLITE_OK {
+        return rc;
+    }
+    // SAFETY: the real open succeeded.
+    let real_m = unsafe { (*real(file)).pMethods };
+    if real_m.is_null() {
+        return rc;
+    }
+    let (state, role) = if is_wal {
+        match state {
+            Some(s) => (s, Role::Wal),
+            None => {
+                // A WAL of a database not opened through spool (should not happen): close it and
+                // report, rather than guess.
+                super::vfs::warn("WAL opened without a tracked main database");
+                // SAFETY: the real file is open; close it since we will not hand it out.
+                unsafe { ((*real_m).xClose.unwrap_or(noop_close))(real(file)) };
+                return SQLITE_CANTOPEN;
+            }
+        }
+    } else {
+        // SAFETY: the real file is open.
+        match unsafe { main_db_state(root, name, real(file)) } {
+            Ok(s) => (s, Role::MainDb),
+            Err(msg) => {
+                super::vfs::warn(&msg);
+                // SAFETY: the real file is open; close it since the open is refused.
+                unsafe { ((*real_m).xClose.unwrap_or(noop_close))(real(file)) };
+                return SQLITE_CANTOPEN;
+            }
+        }
+    };
+    if role == Role::Wal {
+        let mut hdr = [0u8; crate::wal::WAL_HEADER_LEN as usize];
+        // SAFETY: reading 32 bytes into a local buffer from the opened real file.
+        let rc = unsafe { read_real(real(file), &mut hdr, 0) };
+        if rc == SQLITE_OK {
+            capture(&state, |c| {
+                c.on_wal_open(&hdr);
+                Outcome::default()
+            });
+        }
+    }
+    // SAFETY: `file` is our wrapper; the real method table is live.
+    unsafe {
+        let w = file as *mut SpoolFile;
+        (*w).state = Arc::into_raw(state);
+        (*w).role = role;
+        (*w)._pad = 0;
+        (*w).base.pMethods = match (*real_m).iVersion {
+            1 => &IO_V1,
+            2 => &IO_V2,
+            _ => &IO_V3,
+        };
+    }
+    SQLITE_OK
+}
+
+unsafe extern "C" fn noop_close(_f: *mut sqlite3_file) -> c_int {
+    SQLITE_OK
+}
+
+/// Reads from a real file, treating a short read as success (the buffer is zero-filled by unix).
+///
+/// # Safety
+/// `f` must be an opened real file.
+unsafe fn read_real(f: *mut sqlite3_file, buf: &mut [u8], off: i64) -> c_int {
+    // SAFETY: `f` is open; its method table is valid.
+    let Some(read) = (unsafe { (*(*f).pMethods).xRead }) else { return SQLITE_IOERR_READ };
+    // SAFETY: `buf` is a valid writable buffer of the given length.
+    let rc = unsafe { read(f, buf.as_mut_ptr() as *mut c_void, buf.len() as c_int, off) };
+    if rc == libsqlite3_sys::SQLITE_IOERR_SHORT_READ { SQLITE_OK } else { rc }
+}
+
+/// Finds or creates the state of the main database being opened.
+///
+/// # Safety
+/// `real_file` is the freshly opened real main-db file; `name` its SQLite filename.
+unsafe fn main_db_state(
+    root: *mut sqlite3_vfs,
+    name: *const c_char,
+    real_file: *mut sqlite3_file,
+) -> Result<Arc<DbState>, String> {
+    // SAFETY: SQLite's filename, NUL-terminated.
+    let path = unsafe { c_str(name) }.ok_or("database without a name")?;
+    let names = uri_names(name);
+    let cfg = Config::from_uri(std::path::Path::new(&path), |k| uri_param(name, k), &names)
+        .map_err(|e| format!("cannot open {path} with vfs=spool: {e}"))?;
+    registry::acquire(&cfg, || {
+        let mut page1 = [0u8; crate::dbheader::HEADER_LEN];
+        // SAFETY: the real file is open.
+        let _ = unsafe { read_real(real_file, &mut page1, 0) };
+        let mut size: sqlite3_int64 = 0;
+        // SAFETY: the real file is open; `size` is a valid out pointer.
+        if let Some(fs) = unsafe { (*(*real_file).pMethods).xFileSize } {
+            // SAFETY: as above.
+            unsafe { fs(real_file, &mut size) };
+        }
+        crate::consumer::start(cfg.clone(), &page1, size.max(0) as u64, || {
+            super::source::UnixSource::open(root, &cfg.db)
+        })
+    })
+}
+
+// ---- io methods ---------------------------------------------------------------------------------
+
+/// Calls a method of the real file: `call!(file, xMethod, default_rc, args...)`.
+macro_rules! call {
+    ($f:expr, $m:ident, $none:expr $(, $arg:expr)*) => {{
+        // SAFETY: `$f` is an opened wrapper, so its real file and method table are valid.
+        match unsafe { real_methods($f) }.$m {
+            // SAFETY: forwarding SQLite's arguments unchanged to the real file.
+            Some(method) => unsafe { method(real($f) $(, $arg)*) },
+            None => $none,
+        }
+    }};
+}
+
+unsafe extern "C" fn x_close(f: *mut sqlite3_file) -> c_int {
+    guard(SQLITE_IOERR_CLOSE, || {
+        let rc = call!(f, xClose, SQLITE_OK);
+        // SAFETY: `f` is our opened wrapper; take back its Arc count exactly once.
+        let (state, role) = unsafe {
+            let w = f as *mut SpoolFile;
+            let s = (*w).state;
+            (*w).state = std::ptr::null();
+            (s, (*w).role)
+        };
+        if !state.is_null() {
+            // SAFETY: from Arc::into_raw in open_tracked; the count is owned by this file.
+            let state = unsafe { Arc::from_raw(state) };
+            if role == Role::MainDb {
+                registry::release(&state);
+            }
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn x_read(f: *mut sqlite3_file, buf: *mut c_void, amt: c_int, off: sqlite3_int64) -> c_int {
+    guard(SQLITE_IOERR_READ, || call!(f, xRead, SQLITE_IOERR_READ, buf, amt, off))
+}
+
+unsafe extern "C" fn x_write(f: *mut sqlite3_file, buf: *const c_void, amt: c_int, off: sqlite3_int64) -> c_int {
+    guard(SQLITE_IOERR_WRITE, || {
+        let rc = call!(f, xWrite, SQLITE_IOERR_WRITE, buf, amt, off);
+        if rc == SQLITE_OK && amt > 0 && off >= 0 {
+            // SAFETY: SQLite's buffer holds `amt` readable bytes for the duration of the call.
+            let data = unsafe { std::slice::from_raw_parts(buf as *const u8, amt as usize) };
+            // SAFETY: opened wrapper.
+            let (state, role) = unsafe { (state_of(f), role_of(f)) };
+            match role {
+                Role::MainDb => capture(state, |c| c.on_db_write(off as u64, data)),
+                Role::Wal => capture(state, |c| c.on_wal_write(off as u64, data)),
+            }
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_int {
+    guard(SQLITE_IOERR_TRUNCATE, || {
+        let rc = call!(f, xTruncate, SQLITE_IOERR_TRUNCATE, size);
+        // SAFETY: opened wrapper.
+        if rc == SQLITE_OK && unsafe { role_of(f) } == Role::Wal {
+            // SAFETY: opened wrapper.
+            capture(unsafe { state_of(f) }, |c| {
+                c.on_wal_truncate(size.max(0) as u64);
+                Outcome::default()
+            });
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn x_sync(f: *mut sqlite3_file, flags: c_int) -> c_int {
+    guard(SQLITE_IOERR_FSYNC, || call!(f, xSync, SQLITE_IOERR_FSYNC, flags))
+}
+
+unsafe extern "C" fn x_file_size(f: *mut sqlite3_file, size: *mut sqlite3_int64) -> c_int {
+    guard(SQLITE_IOERR_FSTAT, || call!(f, xFileSize, SQLITE_IOERR_FSTAT, size))
+}
+
+unsafe extern "C" fn x_lock(f: *mut sqlite3_file, level: c_int) -> c_int {
+    guard(SQLITE_IOERR_LOCK, || call!(f, xLock, SQLITE_IOERR_LOCK, level))
+}
+
+unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
+    guard(SQLITE_IOERR_UNLOCK, || {
+        // Seal before the lock is released so the record is ordered before the next writer's.
+        // SAFETY: opened wrapper.
+        if unsafe { role_of(f) } == Role::MainDb {
+            // SAFETY: opened wrapper.
+            capture(unsafe { state_of(f) }, |c| c.on_db_unlock(level));
+        }
+        call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level)
+    })
+}
+
+unsafe extern "C" fn x_check_reserved_lock(f: *mut sqlite3_file, out: *mut c_int) -> c_int {
+    guard(SQLITE_IOERR, || call!(f, xCheckReservedLock, SQLITE_IOERR, out))
+}
+
+unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+    guard(SQLITE_NOTFOUND, || {
+        // SAFETY: opened wrapper.
+        let (state, role) = unsafe { (state_of(f), role_of(f)) };
+        if role == Role::MainDb {
+            match op {
+                SQLITE_FCNTL_CKPT_START => capture(state, |c| {
+                    c.on_checkpoint(true);
+                    Outcome::default()
+                }),
+                SQLITE_FCNTL_CKPT_DONE => capture(state, |c| {
+                    c.on_checkpoint(false);
+                    Outcome::default()
+                }),
+                _ => {}
+            }
+        }
+        let rc = call!(f, xFileControl, SQLITE_NOTFOUND, op, arg);
+        match op {
+            // Sent only for commits, after the commit is durable and still under the lock.
+            // Never fail it: the transaction is already committed.
+            SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb => {
+                capture(state, |c| c.on_commit_phase_two());
+            }
+            SQLITE_FCNTL_VFSNAME if rc == SQLITE_OK && !arg.is_null() => {
+                let slot = arg as *mut *mut c_char;
+                // SAFETY: for VFSNAME, `arg` is a `char**` holding the inner VFS's
+                // sqlite3_malloc'd name (or null).
+                let inner = unsafe { c_str(*slot) };
+                let name = format!("spool/{}", inner.as_deref().unwrap_or("unix"));
+                if let Some(free) = api().and_then(|a| a.free) {
+                    // SAFETY: freeing the inner string we are replacing, with SQLite's allocator.
+                    unsafe { free(*slot as *mut c_void) };
+                }
+                // SAFETY: handing SQLite a new sqlite3_malloc'd string in the same slot.
+                unsafe { *slot = sqlite_string(&name) };
+            }
+            SQLITE_FCNTL_VFSNAME if !arg.is_null() => {
+                // SAFETY: as above.
+                unsafe { *(arg as *mut *mut c_char) = sqlite_string("spool/unix") };
+                return SQLITE_OK;
+            }
+            _ => {}
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn x_sector_size(f: *mut sqlite3_file) -> c_int {
+    guard(4096, || call!(f, xSectorSize, 4096))
+}
+
+unsafe extern "C" fn x_device_characteristics(f: *mut sqlite3_file) -> c_int {
+    guard(0, || call!(f, xDeviceCharacteristics, 0))
+}
+
+unsafe extern "C" fn x_shm_map(
+    f: *mut sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    guard(SQLITE_IOERR_SHMMAP, || call!(f, xShmMap, SQLITE_IOERR_SHMMAP, region, size, extend, pp))
+}
+
+unsafe extern "C" fn x_shm_lock(f: *mut sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+    guard(SQLITE_IOERR_SHMLOCK, || {
+        let rc = call!(f, xShmLock, SQLITE_IOERR_SHMLOCK, offset, n, flags);
+        // Slot 0 is the WAL write lock; its release ends a write transaction (after the commit
+        // was published in the wal-index).
+        let write_unlock = flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE) && offset == 0;
+        // SAFETY: opened wrapper.
+        if rc == SQLITE_OK && write_unlock && unsafe { role_of(f) } == Role::MainDb {
+            // SAFETY: opened wrapper.
+            capture(unsafe { state_of(f) }, |c| c.on_wal_write_unlock());
+        }
+        rc
+    })
+}
+
+unsafe extern "C" fn x_shm_barrier(f: *mut sqlite3_file) {
+    guard((), || call!(f, xShmBarrier, ()))
+}
+
+unsafe extern "C" fn x_shm_unmap(f: *mut sqlite3_file, delete: c_int) -> c_int {
+    guard(SQLITE_IOERR, || call!(f, xShmUnmap, SQLITE_OK, delete))
+}
+
+unsafe extern "C" fn x_fetch(f: *mut sqlite3_file, off: sqlite3_int64, amt: c_int, pp: *mut *mut c_void) -> c_int {
+    guard(SQLITE_IOERR_READ, || {
+        let rc = call!(f, xFetch, SQLITE_OK, off, amt, pp);
+        rc
+    })
+}
+
+unsafe extern "C" fn x_unfetch(f: *mut sqlite3_file, off: sqlite3_int64, p: *mut c_void) -> c_int {
+    guard(SQLITE_IOERR, || call!(f, xUnfetch, SQLITE_OK, off, p))
+}
+
+const fn methods(version: c_int) -> sqlite3_io_methods {
+    sqlite3_io_methods {
+        iVersion: version,
+        xClose: Some(x_close),
+        xRead: Some(x_read),
+        xWrite: Some(x_write),
+        xTruncate: Some(x_truncate),
+        xSync: Some(x_sync),
+        xFileSize: Some(x_file_size),
+        xLock: Some(x_lock),
+        xUnlock: Some(x_unlock),
+        xCheckReservedLock: Some(x_check_reserved_lock),
+        xFileControl: Some(x_file_control),
+        xSectorSize: Some(x_sector_size),
+        xDeviceCharacteristics: Some(x_device_characteristics),
+        xShmMap: if version >= 2 { Some(x_shm_map) } else { None },
+        xShmLock: if version >= 2 { Some(x_shm_lock) } else { None },
+        xShmBarrier: if version >= 2 { Some(x_shm_barrier) } else { None },
+        xShmUnmap: if version >= 2 { Some(x_shm_unmap) } else { None },
+        xFetch: if version >= 3 { Some(x_fetch) } else { None },
+        xUnfetch: if version >= 3 { Some(x_unfetch) } else { None },
+    }
+}
+
+static IO_V1: sqlite3_io_methods = methods(1);
+static IO_V2: sqlite3_io_methods = methods(2);
+static IO_V3: sqlite3_io_methods = methods(3);

@@ -1,0 +1,250 @@
+//! Byte layout of spool segments. Pure functions, no I/O.
+//!
+//! ```text
+//! segment  = header(32) entry*
+//! header   = "SPOOLSG1" | version u32 | reserved u32 | segment number u64 | created µs u64
+//! entry    = kind u32 | payload length u32 | arg u64 | crc32 u32 | reserved u32 | payload
+//!            Page:   arg = byte offset in the database file, payload = the bytes written there
+//!            Commit: arg = sequence number,          payload = CommitInfo (64 bytes)
+//! ```
+//! All integers little-endian. The CRC covers the first 16 header bytes and the payload, so a torn
+//! or garbage entry is recognised and ends the readable part of a segment.
+
+/// Magic at the start of every segment.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"SPOOLSG1";
+/// Current segment format version.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Length of the segment header.
+pub const SEGMENT_HEADER_LEN: usize = 32;
+/// Length of an entry header.
+pub const ENTRY_HEADER_LEN: usize = 24;
+/// Length of a commit entry's payload.
+pub const COMMIT_PAYLOAD_LEN: usize = 64;
+/// Largest payload accepted by the reader (a 64 KiB page is the largest write SQLite makes).
+pub const MAX_PAYLOAD_LEN: u32 = 1 << 17;
+
+/// What an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Page = 1,
+    Commit = 2,
+}
+
+/// How a sealed transaction ended in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A committed transaction.
+    Commit = 1,
+    /// A rolled-back transaction that had written to the database file (spill, then playback of
+    /// pre-images). Applying it is harmless and keeps the backup byte-identical: freelist pages can
+    /// keep spilled bytes after a rollback.
+    Rollback = 2,
+}
+
+/// Which journal family produced the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceMode {
+    Rollback = 1,
+    Wal = 2,
+}
+
+/// Metadata sealed with a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub kind: RecordKind,
+    pub mode: SourceMode,
+    pub page_size: u32,
+    /// Database size in bytes after the transaction.
+    pub db_size: u64,
+    /// Number of `Page` entries in the transaction.
+    pub n_pages: u32,
+    /// Wall-clock seal time, microseconds since the epoch (for lag reporting).
+    pub sealed_us: u64,
+    /// Source state after the transaction: the change counter (rollback) or salt-1/salt-2 (WAL).
+    pub token: u64,
+    /// WAL only: number of frames in the WAL up to and including the commit frame.
+    pub wal_frames: u64,
+}
+
+fn put_u32(out: &mut [u8], at: usize, v: u32) {
+    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(out: &mut [u8], at: usize, v: u64) {
+    out[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(segment_no: u64, created_us: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    put_u32(&mut h, 8, SEGMENT_VERSION);
+    put_u64(&mut h, 16, segment_no);
+    put_u64(&mut h, 24, created_us);
+    h
+}
+
+/// Decodes a segment header, returning its segment number.
+pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
+    if h.len() < SEGMENT_HEADER_LEN || &h[..8] != SEGMENT_MAGIC || get_u32(h, 8) != SEGMENT_VERSION
+    {
+        return None;
+    }
+    Some(get_u64(h, 16))
+}
+
+/// Encodes an entry header for `payload`.
+pub fn encode_entry_header(kind: EntryKind, arg: u64, payload: &[u8]) -> [u8; ENTRY_HEADER_LEN] {
+    let mut h = [0u8; ENTRY_HEADER_LEN];
+    put_u32(&mut h, 0, kind as u32);
+    // Payloads are page images (≤ 64 KiB) or commit records: the length always fits.
+    put_u32(&mut h, 4, payload.len() as u32);
+    put_u64(&mut h, 8, arg);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..16]);
+    crc.update(payload);
+    put_u32(&mut h, 16, crc.finalize());
+    h
+}
+
+/// A decoded entry header; the payload is not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub kind: EntryKind,
+    pub payload_len: u32,
+    pub arg: u64,
+    pub crc: u32,
+}
+
+/// Decodes an entry header; `None` for garbage (unknown kind, impossible length).
+pub fn decode_entry_header(h: &[u8]) -> Option<EntryHeader> {
+    if h.len() < ENTRY_HEADER_LEN {
+        return None;
+    }
+    let kind = match get_u32(h, 0) {
+        1 => EntryKind::Page,
+        2 => EntryKind::Commit,
+        _ => return None,
+    };
+    let payload_len = get_u32(h, 4);
+    let ok_len = match kind {
+        EntryKind::Page => payload_len > 0 && payload_len <= MAX_PAYLOAD_LEN,
+        EntryKind::Commit => payload_len as usize == COMMIT_PAYLOAD_LEN,
+    };
+    if !ok_len || get_u32(h, 20) != 0 {
+        return None;
+    }
+    Some(EntryHeader { kind, payload_len, arg: get_u64(h, 8), crc: get_u32(h, 16) })
+}
+
+/// True if `payload` matches the CRC of the entry whose header bytes are `h`.
+pub fn verify_entry(h: &[u8], payload: &[u8]) -> bool {
+    let Some(e) = decode_entry_header(h) else {
+        return false;
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..16]);
+    crc.update(payload);
+    payload.len() == e.payload_len as usize && crc.finalize() == e.crc
+}
+
+/// Encodes a commit payload.
+pub fn encode_commit(info: &CommitInfo) -> [u8; COMMIT_PAYLOAD_LEN] {
+    let mut p = [0u8; COMMIT_PAYLOAD_LEN];
+    put_u32(&mut p, 0, info.kind as u32);
+    put_u32(&mut p, 4, info.mode as u32);
+    put_u32(&mut p, 8, info.page_size);
+    put_u32(&mut p, 12, info.n_pages);
+    put_u64(&mut p, 16, info.db_size);
+    put_u64(&mut p, 24, info.sealed_us);
+    put_u64(&mut p, 32, info.token);
+    put_u64(&mut p, 40, info.wal_frames);
+    p
+}
+
+/// Decodes a commit payload.
+pub fn decode_commit(p: &[u8]) -> Option<CommitInfo> {
+    if p.len() != COMMIT_PAYLOAD_LEN {
+        return None;
+    }
+    let kind = match get_u32(p, 0) {
+        1 => RecordKind::Commit,
+        2 => RecordKind::Rollback,
+        _ => return None,
+    };
+    let mode = match get_u32(p, 4) {
+        1 => SourceMode::Rollback,
+        2 => SourceMode::Wal,
+        _ => return None,
+    };
+    Some(CommitInfo {
+        kind,
+        mode,
+        page_size: get_u32(p, 8),
+        n_pages: get_u32(p, 12),
+        db_size: get_u64(p, 16),
+        sealed_us: get_u64(p, 24),
+        token: get_u64(p, 32),
+        wal_frames: get_u64(p, 40),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> CommitInfo {
+        CommitInfo {
+            kind: RecordKind::Commit,
+            mode: SourceMode::Wal,
+            page_size: 4096,
+            db_size: 4096 * 9,
+            n_pages: 3,
+            sealed_us: 123,
+            token: 0xdead_beef,
+            wal_frames: 42,
+        }
+    }
+
+    #[test]
+    fn commit_roundtrip() {
+        let p = encode_commit(&info());
+        assert_eq!(decode_commit(&p), Some(info()));
+        let h = encode_entry_header(EntryKind::Commit, 77, &p);
+        assert!(verify_entry(&h, &p));
+        assert_eq!(decode_entry_header(&h).map(|e| e.arg), Some(77));
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let payload = vec![5u8; 4096];
+        let h = encode_entry_header(EntryKind::Page, 8192, &payload);
+        assert!(verify_entry(&h, &payload));
+        let mut bad = payload.clone();
+        bad[4000] ^= 1;
+        assert!(!verify_entry(&h, &bad));
+        let mut bad_h = h;
+        bad_h[9] ^= 1; // offset changed
+        assert!(!verify_entry(&bad_h, &payload));
+        assert!(!verify_entry(&h, &payload[..100]));
+        assert!(decode_entry_header(&[0u8; 24]).is_none());
+        assert!(decode_entry_header(&[0xffu8; 24]).is_none());
+        assert!(decode_commit(&[0u8; 64]).is_none());
+    }
+
+    #[test]
+    fn segment_header_roundtrip() {
+        let h = encode_segment_header(12, 99);
+        assert_eq!(decode_segment_header(&h), Some(12));
+        let mut bad = h;
+        bad[0] = b'X';
+        assert_eq!(decode_segment_header(&bad), None);
+    }
+}

@@ -1,0 +1,51 @@
+//! The `spool_status()` report: one JSON object built from a consistent snapshot of `Progress`.
+
+use crate::dbstate::{DbState, lock};
+use crate::util::{json_string, now_us};
+
+fn opt_str(s: &Option<String>) -> String {
+    s.as_deref().map_or_else(|| "null".to_string(), json_string)
+}
+
+/// Bytes of spool segment files on disk.
+fn spool_bytes(state: &DbState) -> u64 {
+    let Ok(rd) = std::fs::read_dir(&state.cfg.spool) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Renders the status of `state` as a JSON object.
+pub fn to_json(state: &DbState, journal_mode: &str) -> String {
+    let p = lock(&state.progress);
+    let captured = p.sealed.map_or(0, |s| s.seq);
+    let lag_ms = p.unapplied.front().map_or(0, |&(_, us)| now_us().saturating_sub(us) / 1000);
+    let pending_records = captured.saturating_sub(p.applied_seq);
+    let fields = [
+        ("version", json_string(env!("CARGO_PKG_VERSION"))),
+        ("db", json_string(&state.cfg.db.to_string_lossy())),
+        ("backup", json_string(&state.cfg.backup.to_string_lossy())),
+        ("spool", json_string(&state.cfg.spool.to_string_lossy())),
+        ("journal_mode", json_string(journal_mode)),
+        ("state", json_string(p.phase.name())),
+        ("captured", captured.to_string()),
+        ("applied", p.applied_seq.to_string()),
+        ("pending", pending_records.to_string()),
+        ("pending_bytes", if pending_records == 0 { "0".to_string() } else { spool_bytes(state).to_string() }),
+        ("lag_ms", lag_ms.to_string()),
+        ("last_error", opt_str(&p.last_error)),
+        ("errors", p.errors.to_string()),
+        ("resyncs", p.resyncs.to_string()),
+        ("resync_pending", (p.resynced_gen < p.lost_gen).to_string()),
+        ("resync_progress", format!("[{},{}]", p.resync_done, p.resync_total)),
+        ("bytes_captured", p.bytes_captured.to_string()),
+        ("bytes_applied", p.bytes_applied.to_string()),
+        ("pages_applied", p.pages_applied.to_string()),
+        ("batches", p.batches.to_string()),
+        ("durable", state.cfg.durable.to_string()),
+    ];
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
