@@ -24,8 +24,10 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use crate::dbheader;
+use crate::spool::control::{Control, pid_alive};
 use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
 use crate::spool::writer::{SealedPos, SpoolWriter};
 use crate::util::now_us;
@@ -49,7 +51,10 @@ pub struct Outcome {
 
 impl Outcome {
     fn lost(msg: String) -> Outcome {
-        Outcome { sealed: None, lost: Some(msg) }
+        Outcome {
+            sealed: None,
+            lost: Some(msg),
+        }
     }
 }
 
@@ -76,11 +81,15 @@ struct WalTxn {
     commit: Option<(u64, u32)>,
 }
 
+/// The first 100 bytes of page 1 as currently in the database file (read on demand by the VFS
+/// layer when a transaction did not write page 1).
+pub type HeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; dbheader::HEADER_LEN]>;
+
 /// Capture state of one database, shared by all its connections in this process.
 pub struct Capture {
     pub spool: SpoolWriter,
-    next_seq: u64,
-    last_sealed: Option<Sealed>,
+    control: Arc<Control>,
+    pid: u64,
     rollback: RollbackTxn,
     wal: WalTxn,
     wal_header: Option<WalHeader>,
@@ -93,7 +102,7 @@ pub struct Capture {
 
 impl Capture {
     /// `page1` is the start of the database file as found at open (empty for a new database).
-    pub fn new(spool: SpoolWriter, first_seq: u64, page1: &[u8], file_size: u64) -> Capture {
+    pub fn new(spool: SpoolWriter, control: Arc<Control>, page1: &[u8], file_size: u64) -> Capture {
         let page_size = dbheader::page_size(page1).unwrap_or(0);
         let db_pages = match dbheader::trusted_db_pages(page1) {
             Some(p) => p as u64,
@@ -102,8 +111,8 @@ impl Capture {
         };
         Capture {
             spool,
-            next_seq: first_seq,
-            last_sealed: None,
+            control,
+            pid: std::process::id() as u64,
             rollback: RollbackTxn::default(),
             wal: WalTxn::default(),
             wal_header: None,
@@ -114,19 +123,31 @@ impl Capture {
         }
     }
 
-    /// The last sealed record, if any since this capture started.
-    pub fn last_sealed(&self) -> Option<Sealed> {
-        self.last_sealed
-    }
-
-    /// Next sequence number to be assigned.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// True while a transaction has captured writes that are not sealed yet.
+    /// True while a transaction of this process has captured writes that are not sealed yet.
     pub fn txn_open(&self) -> bool {
         self.rollback.active || self.wal.first_slot.is_some()
+    }
+
+    /// Called at the first captured write of a transaction (under the database's write lock):
+    /// claims the shared "transaction open" slot. Finding it held by a dead process means that
+    /// process was killed with a transaction open, possibly after it committed and before it
+    /// sealed: the backup may miss a committed change.
+    fn begin_txn(&mut self) -> Option<String> {
+        if self.txn_open() {
+            return None;
+        }
+        let owner = self.control.txn_owner();
+        let mut lost = None;
+        if owner != 0 && owner != self.pid && !pid_alive(owner) {
+            self.control.clear_txn_owner_if(owner);
+            lost = Some(format!("process {owner} died with an unsealed transaction"));
+        }
+        self.control.set_txn_owner(self.pid);
+        lost
+    }
+
+    fn end_txn(&mut self) {
+        self.control.clear_txn_owner_if(self.pid);
     }
 
     fn drop_open(&mut self) {
@@ -134,8 +155,8 @@ impl Capture {
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
-        // A failed abort abandons the segment, which drops the open entries too.
-        let _ = self.spool.abort();
+        self.spool.abort();
+        self.end_txn();
     }
 
     fn failed(&mut self, what: &str, e: io::Error) -> Outcome {
@@ -150,7 +171,8 @@ impl Capture {
         if self.checkpoints > 0 {
             return Outcome::default();
         }
-        if let Err(e) = self.spool.append_page(offset, data) {
+        let lost = self.begin_txn();
+        if let Err(e) = self.spool.append_page(&self.control, offset, data) {
             return self.failed("capturing a database write", e);
         }
         let t = &mut self.rollback;
@@ -162,7 +184,7 @@ impl Capture {
             h.copy_from_slice(&data[..dbheader::HEADER_LEN]);
             t.page1 = Some(h);
         }
-        Outcome::default()
+        Outcome { sealed: None, lost }
     }
 
     /// `SQLITE_FCNTL_CKPT_START` / `CKPT_DONE`.
@@ -175,25 +197,25 @@ impl Capture {
     }
 
     /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
-    pub fn on_commit_phase_two(&mut self) -> Outcome {
+    pub fn on_commit_phase_two(&mut self, header: HeaderReader) -> Outcome {
         if self.wal.first_slot.is_some() {
             return self.finish_wal_txn();
         }
         if self.rollback.active {
-            return self.seal_rollback(RecordKind::Commit);
+            return self.seal_rollback(RecordKind::Commit, header);
         }
         Outcome::default()
     }
 
     /// `xUnlock` of the main database file to `level`.
-    pub fn on_db_unlock(&mut self, level: i32) -> Outcome {
+    pub fn on_db_unlock(&mut self, level: i32, header: HeaderReader) -> Outcome {
         if level > libsqlite3_sys::SQLITE_LOCK_SHARED {
             return Outcome::default();
         }
         // Checkpoint brackets never outlive the lock.
         self.checkpoints = 0;
         if self.rollback.active {
-            return self.seal_rollback(RecordKind::Rollback);
+            return self.seal_rollback(RecordKind::Rollback, header);
         }
         if self.wal.first_slot.is_some() {
             // Closing an exclusive-mode WAL database with frames but no commit: a rollback.
@@ -202,15 +224,20 @@ impl Capture {
         Outcome::default()
     }
 
-    fn seal_rollback(&mut self, kind: RecordKind) -> Outcome {
-        let t = std::mem::take(&mut self.rollback);
+    fn seal_rollback(&mut self, kind: RecordKind, header: HeaderReader) -> Outcome {
+        let mut t = std::mem::take(&mut self.rollback);
+        if t.page1.is_none() {
+            // Another process may have changed the size or counter since our last record: take
+            // them from the file, which holds the committed page 1 (we still hold the lock).
+            t.page1 = header().filter(|h| dbheader::page_size(h).is_some());
+        }
         let header_page_size = t.page1.as_ref().and_then(|h| dbheader::page_size(h));
         let page_size = header_page_size
             .or((self.page_size > 0).then_some(self.page_size))
             .unwrap_or(t.last_write_len);
         let db_pages = match t.page1.as_ref().and_then(|h| dbheader::trusted_db_pages(h)) {
             Some(p) => p as u64,
-            // No page-1 write: the size did not change (every size change rewrites page 1).
+            // No readable header: the size did not change (every size change rewrites page 1).
             None if t.page1.is_none() && self.page_size == page_size => self.db_pages,
             None => t.max_end.div_ceil(page_size.max(1) as u64),
         };
@@ -226,20 +253,21 @@ impl Capture {
             sealed_us: now_us(),
             token: self.change_counter as u64,
             wal_frames: 0,
+            wal_first_frame: 0,
         };
         self.seal(info, db_pages, page_size)
     }
 
     fn seal(&mut self, info: CommitInfo, db_pages: u64, page_size: u32) -> Outcome {
-        let seq = self.next_seq;
-        match self.spool.seal(seq, &info) {
-            Ok(pos) => {
-                self.next_seq += 1;
+        match self.spool.seal(&self.control, &info) {
+            Ok((seq, pos)) => {
+                self.end_txn();
                 self.db_pages = db_pages;
                 self.page_size = page_size;
-                let sealed = Sealed { seq, pos, info };
-                self.last_sealed = Some(sealed);
-                Outcome { sealed: Some(sealed), lost: None }
+                Outcome {
+                    sealed: Some(Sealed { seq, pos, info }),
+                    lost: None,
+                }
             }
             Err(e) => self.failed("sealing a transaction", e),
         }
@@ -265,7 +293,10 @@ impl Capture {
                     self.wal.slot_pgno.clear();
                     return Outcome::default();
                 }
-                Outcome::lost(format!("unrecognised write of {} bytes at WAL offset 0", data.len()))
+                Outcome::lost(format!(
+                    "unrecognised write of {} bytes at WAL offset 0",
+                    data.len()
+                ))
             }
             WalRegion::FrameHeader(slot) if data.len() as u64 == wal::WAL_FRAME_HEADER_LEN => {
                 self.on_frame_header(slot, data)
@@ -275,12 +306,13 @@ impl Capture {
                     self.drop_open();
                     return Outcome::lost(format!("WAL frame {slot} written without its header"));
                 };
+                let lost = self.begin_txn();
                 if self.wal.first_slot.is_none() {
                     self.wal.first_slot = Some(slot);
                 }
                 let offset = (pgno as u64 - 1) * page_size as u64;
-                match self.spool.append_page(offset, data) {
-                    Ok(()) => Outcome::default(),
+                match self.spool.append_page(&self.control, offset, data) {
+                    Ok(()) => Outcome { sealed: None, lost },
                     Err(e) => self.failed("capturing a WAL frame", e),
                 }
             }
@@ -311,6 +343,9 @@ impl Capture {
                 // A new transaction began without an unlock between (exclusive mode): seal first.
                 out = self.finish_wal_txn();
             }
+        }
+        if out.lost.is_none() {
+            out.lost = self.begin_txn();
         }
         self.wal.slot_pgno.insert(slot, fh.pgno);
         self.wal.max_slot = self.wal.max_slot.max(slot);
@@ -346,7 +381,10 @@ impl Capture {
             return Outcome::default();
         };
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
-        let salts = self.wal_header.map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
+        let salts = self
+            .wal_header
+            .map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
+        let first = self.wal.first_slot.unwrap_or(commit_slot);
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
@@ -359,6 +397,7 @@ impl Capture {
             sealed_us: now_us(),
             token: salts,
             wal_frames: commit_slot + 1,
+            wal_first_frame: first,
         };
         self.seal(info, commit_pages as u64, page_size)
     }
@@ -373,8 +412,13 @@ mod tests {
     fn capture(name: &str) -> (Capture, std::path::PathBuf) {
         let d = std::env::temp_dir().join(format!("spoolvfs-cap-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let w = SpoolWriter::new(d.clone(), 1, false, u64::MAX);
-        (Capture::new(w, 1, &[], 0), d)
+        let w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        let control = Arc::new(Control::open(&d).unwrap());
+        (Capture::new(w, control, &[], 0), d)
+    }
+
+    fn no_header() -> Option<[u8; dbheader::HEADER_LEN]> {
+        None
     }
 
     fn page1(page_size: u16, counter: u32, pages: u32) -> Vec<u8> {
@@ -393,25 +437,28 @@ mod tests {
         c.on_db_write(0, &page1(1024, 5, 3));
         c.on_db_write(2048, &[7u8; 1024]);
         assert!(c.txn_open());
-        let out = c.on_commit_phase_two();
+        let out = c.on_commit_phase_two(&mut no_header);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.db_size, 3 * 1024);
         assert_eq!(s.info.n_pages, 2);
         assert_eq!(s.info.kind, RecordKind::Commit);
         assert!(!c.txn_open());
         // Unlock after commit seals nothing more.
-        assert!(c.on_db_unlock(1).sealed.is_none());
+        assert!(c.on_db_unlock(1, &mut no_header).sealed.is_none());
         let mut r = SegmentReader::open(&d, 1).unwrap();
-        assert_eq!(r.read_records(Some(s.pos.end), 100).unwrap().records.len(), 1);
+        assert_eq!(
+            r.read_records(Some(s.pos.end), 100).unwrap().records.len(),
+            1
+        );
     }
 
     #[test]
     fn spill_then_rollback_is_sealed_as_rollback() {
         let (mut c, _d) = capture("spill");
         c.on_db_write(0, &page1(1024, 5, 3));
-        c.on_commit_phase_two();
+        c.on_commit_phase_two(&mut no_header);
         c.on_db_write(4096, &[1u8; 1024]); // spill
-        let out = c.on_db_unlock(1);
+        let out = c.on_db_unlock(1, &mut no_header);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.kind, RecordKind::Rollback);
         assert_eq!(s.info.db_size, 3 * 1024);

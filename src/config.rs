@@ -29,7 +29,9 @@ fn absolute(p: &Path) -> PathBuf {
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(p)
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(p)
     };
     // Lexical clean-up of "." and ".." so comparisons are meaningful.
     let mut out = PathBuf::new();
@@ -101,7 +103,9 @@ impl Config {
             None | Some("normal") | Some("off") => false,
             Some("full") => true,
             Some(v) => {
-                return Err(format!("URI parameter spool_sync='{v}': expected normal or full"));
+                return Err(format!(
+                    "URI parameter spool_sync='{v}': expected normal or full"
+                ));
             }
         };
         let drain_ms = match param("spool_drain_ms") {
@@ -110,7 +114,13 @@ impl Config {
                 .parse::<u64>()
                 .map_err(|_| format!("URI parameter spool_drain_ms='{v}' is not a number"))?,
         };
-        let cfg = Config { db, backup, spool, durable, drain_ms };
+        let cfg = Config {
+            db,
+            backup,
+            spool,
+            durable,
+            drain_ms,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -129,14 +139,20 @@ impl Config {
                 ));
             }
             if same_file(&self.spool, f) {
-                return Err(format!("spool path {} is a file of the source database", self.spool.display()));
+                return Err(format!(
+                    "spool path {} is a file of the source database",
+                    self.spool.display()
+                ));
             }
         }
         if same_file(&self.spool, &self.backup) {
             return Err("spool directory and backup path are the same".to_string());
         }
         if self.spool.is_file() {
-            return Err(format!("spool path {} is a file, not a directory", self.spool.display()));
+            return Err(format!(
+                "spool path {} is a file, not a directory",
+                self.spool.display()
+            ));
         }
         Ok(())
     }
@@ -150,7 +166,12 @@ mod tests {
         let names: Vec<String> = params.iter().map(|(k, _)| k.to_string()).collect();
         Config::from_uri(
             db,
-            |k| params.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()),
+            |k| {
+                params
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            },
             &names,
         )
     }
@@ -175,7 +196,11 @@ mod tests {
     fn rejects_backup_equal_to_source_even_through_a_link() {
         let d = tmp("same");
         let db = d.join("app.db");
-        assert!(cfg(&db, &[("backup", db.to_str().unwrap())]).unwrap_err().contains("source"));
+        assert!(
+            cfg(&db, &[("backup", db.to_str().unwrap())])
+                .unwrap_err()
+                .contains("source")
+        );
         let link = d.join("link.db");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&db, &link).unwrap();
@@ -192,7 +217,11 @@ mod tests {
     fn rejects_bad_parameters() {
         let d = tmp("bad");
         let db = d.join("app.db");
-        assert!(cfg(&db, &[("spool_sink", "full")]).unwrap_err().contains("spool_sink"));
+        assert!(
+            cfg(&db, &[("spool_sink", "full")])
+                .unwrap_err()
+                .contains("spool_sink")
+        );
         assert!(cfg(&db, &[("spool_sync", "maybe")]).is_err());
         assert!(cfg(&db, &[("backup", "")]).is_err());
         assert!(cfg(&db, &[("spool", db.to_str().unwrap())]).is_err());

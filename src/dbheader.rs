@@ -56,7 +56,8 @@ pub fn trusted_db_pages(page1: &[u8]) -> Option<u32> {
 
 /// True when bytes 18/19 say the database is in WAL mode.
 pub fn is_wal_format(page1: &[u8]) -> bool {
-    page1.len() > HDR_READ_VERSION && (page1[HDR_WRITE_VERSION] == 2 || page1[HDR_READ_VERSION] == 2)
+    page1.len() > HDR_READ_VERSION
+        && (page1[HDR_WRITE_VERSION] == 2 || page1[HDR_READ_VERSION] == 2)
 }
 
 #[cfg(test)]

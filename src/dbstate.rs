@@ -3,18 +3,18 @@
 //! handle of its consumer thread.
 //!
 //! Lock order: `capture` before `progress`; nothing else is held while waiting on `changed`.
-//! Invariant: `progress.applied_seq` never passes the last sealed sequence number, and
-//! `resynced_gen >= lost_gen` means every capture loss so far was repaired by a resync.
+//! Invariant (kept in the shared control file): the applied sequence number never passes the
+//! sealed one, and `resynced_gen >= lost_gen` means every loss so far was repaired by a resync.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::capture::{Capture, Outcome, Sealed};
+use crate::capture::{Capture, Outcome};
 use crate::config::Config;
+use crate::spool::control::Control;
 
 /// What the consumer is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,21 +38,15 @@ impl Phase {
     }
 }
 
-/// Progress of capture and consumer, read by `spool_status` and `spool_sync`.
+/// What this process knows locally; the shared progress (sealed, applied, losses, resyncs) lives
+/// in the control file.
 #[derive(Debug)]
 pub struct Progress {
-    pub sealed: Option<Sealed>,
-    /// Seal times of records not applied yet: `(seq, µs since epoch)`.
-    pub unapplied: VecDeque<(u64, u64)>,
-    pub applied_seq: u64,
-    /// Incremented by every capture loss and every explicit resync request.
-    pub lost_gen: u64,
-    /// The `lost_gen` covered by the last completed resync.
-    pub resynced_gen: u64,
-    pub resyncs: u64,
     pub last_error: Option<String>,
     pub errors: u64,
     pub phase: Phase,
+    /// This process's consumer holds the consumer lock of the spool.
+    pub active: bool,
     /// Set by the last close: the consumer drains until this instant, then stops.
     pub stop_by: Option<Instant>,
     pub bytes_captured: u64,
@@ -67,9 +61,10 @@ pub struct Progress {
 /// One tracked database.
 pub struct DbState {
     pub cfg: Config,
+    pub control: Arc<Control>,
     pub capture: Mutex<Capture>,
     pub progress: Mutex<Progress>,
-    /// Signalled whenever `progress` changes.
+    /// Signalled whenever this process's consumer makes progress.
     pub changed: Condvar,
     doorbell: Sender<()>,
     pub(crate) doorbell_rx: Receiver<()>,
@@ -83,22 +78,17 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl DbState {
-    pub fn new(cfg: Config, capture: Capture) -> Arc<DbState> {
+    pub fn new(cfg: Config, control: Arc<Control>, capture: Capture) -> Arc<DbState> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         Arc::new(DbState {
             cfg,
+            control,
             capture: Mutex::new(capture),
             progress: Mutex::new(Progress {
-                sealed: None,
-                unapplied: VecDeque::new(),
-                applied_seq: 0,
-                // The consumer verifies the backup against the source when it starts.
-                lost_gen: 1,
-                resynced_gen: 0,
-                resyncs: 0,
                 last_error: None,
                 errors: 0,
                 phase: Phase::Starting,
+                active: false,
                 stop_by: None,
                 bytes_captured: 0,
                 bytes_applied: 0,
@@ -120,32 +110,28 @@ impl DbState {
         let _ = self.doorbell.try_send(());
     }
 
-    /// Publishes what a capture event produced. Called with the capture lock held, so records are
-    /// published in sequence order.
+    /// Publishes what a capture event produced (the sealed record is already in the control file).
     pub fn publish(&self, out: Outcome) {
         if out.sealed.is_none() && out.lost.is_none() {
             return;
         }
-        {
-            let mut p = lock(&self.progress);
-            if let Some(s) = out.sealed {
-                p.sealed = Some(s);
-                p.unapplied.push_back((s.seq, s.info.sealed_us));
-                p.bytes_captured += s.info.n_pages as u64 * s.info.page_size as u64;
-            }
-            if let Some(msg) = &out.lost {
-                p.lost_gen += 1;
-                p.errors += 1;
-                p.last_error = Some(msg.clone());
-            }
+        if let Some(s) = out.sealed {
+            lock(&self.progress).bytes_captured += s.info.n_pages as u64 * s.info.page_size as u64;
         }
         if let Some(msg) = out.lost {
+            self.control.bump_lost();
+            let mut p = lock(&self.progress);
+            p.errors += 1;
+            p.last_error = Some(msg.clone());
+            drop(p);
             crate::ffi::log(
                 libsqlite3_sys::SQLITE_WARNING,
-                &format!("spoolvfs: {}: {msg}; a resync is scheduled", self.cfg.db.display()),
+                &format!(
+                    "spoolvfs: {}: {msg}; a resync is scheduled",
+                    self.cfg.db.display()
+                ),
             );
         }
-        self.changed.notify_all();
         self.ring();
     }
 
@@ -155,6 +141,7 @@ impl DbState {
             libsqlite3_sys::SQLITE_WARNING,
             &format!("spoolvfs: {}: {msg}", self.cfg.db.display()),
         );
+        self.control.set_error(&msg);
         let mut p = lock(&self.progress);
         p.errors += 1;
         p.last_error = Some(msg);
@@ -162,35 +149,45 @@ impl DbState {
         self.changed.notify_all();
     }
 
-    /// Waits until every transaction sealed before the call is in the backup and every loss
-    /// known at the call is repaired. Returns false on timeout.
-    pub fn wait_synced(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// Clears the reported error once the consumer works again.
+    pub fn clear_error(&self) {
         let mut p = lock(&self.progress);
-        let target = p.sealed.map_or(0, |s| s.seq);
-        let gen_ = p.lost_gen;
-        drop(p);
-        self.ring();
-        p = lock(&self.progress);
-        loop {
-            if p.applied_seq >= target && p.resynced_gen >= gen_ {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline || p.phase == Phase::Stopped {
-                return false;
-            }
-            let wait = (deadline - now).min(Duration::from_millis(200));
-            p = self.changed.wait_timeout(p, wait).unwrap_or_else(PoisonError::into_inner).0;
+        if p.last_error.is_some() {
+            p.last_error = None;
+            drop(p);
+            self.control.set_error("");
         }
     }
 
-    /// Asks for a full resync and waits for it (and for everything sealed before) to complete.
-    pub fn resync(&self, timeout: Duration) -> bool {
-        {
-            let mut p = lock(&self.progress);
-            p.lost_gen += 1;
+    /// Waits until every transaction sealed (by any process) before the call is in the backup and
+    /// every loss known at the call is repaired. Returns false on timeout.
+    pub fn wait_synced(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let target = self.control.sealed().seq;
+        let gen_ = self.control.lost_gen();
+        self.ring();
+        let mut p = lock(&self.progress);
+        loop {
+            if self.control.applied().seq >= target && self.control.resynced_gen() >= gen_ {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Another process's consumer may be the active one: poll the control file too.
+            let wait = (deadline - now).min(Duration::from_millis(5));
+            p = self
+                .changed
+                .wait_timeout(p, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+    }
+
+    /// Asks for a full resync and waits for it (and everything sealed before) to complete.
+    pub fn resync(&self, timeout: Duration) -> bool {
+        self.control.bump_lost();
         self.wait_synced(timeout)
     }
 }

@@ -9,7 +9,9 @@
 use std::ffi::{c_char, c_int};
 use std::sync::Once;
 
-use libsqlite3_sys::{SQLITE_ERROR, SQLITE_OK, SQLITE_OK_LOAD_PERMANENTLY, sqlite3, sqlite3_api_routines};
+use libsqlite3_sys::{
+    SQLITE_ERROR, SQLITE_OK, SQLITE_OK_LOAD_PERMANENTLY, sqlite3, sqlite3_api_routines,
+};
 
 use crate::ffi::{self, guard, sql, vfs};
 
@@ -34,7 +36,10 @@ pub unsafe extern "C" fn sqlite3_spoolvfs_init(
 ) -> c_int {
     guard(SQLITE_ERROR, || {
         if p_api.is_null() {
-            set_error(pz_err, "spoolvfs: no SQLite API table (load it as an extension)");
+            set_error(
+                pz_err,
+                "spoolvfs: no SQLite API table (load it as an extension)",
+            );
             return SQLITE_ERROR;
         }
         ffi::set_api(p_api);
@@ -45,14 +50,21 @@ pub unsafe extern "C" fn sqlite3_spoolvfs_init(
         let mut rc = SQLITE_OK;
         AUTO.call_once(|| {
             if let Some(auto) = ffi::api().and_then(|a| a.auto_extension) {
-                let entry: unsafe extern "C" fn(*mut sqlite3, *mut *mut c_char, *const sqlite3_api_routines) -> c_int =
-                    sql::auto_register;
+                let entry: unsafe extern "C" fn(
+                    *mut sqlite3,
+                    *mut *mut c_char,
+                    *const sqlite3_api_routines,
+                ) -> c_int = sql::auto_register;
                 // SAFETY: sqlite3_auto_extension takes a `void(*)(void)` that it calls with the
                 // extension-entry signature; casting between function pointer types is how the C
                 // API is meant to be used.
                 rc = unsafe {
                     auto(Some(std::mem::transmute::<
-                        unsafe extern "C" fn(*mut sqlite3, *mut *mut c_char, *const sqlite3_api_routines) -> c_int,
+                        unsafe extern "C" fn(
+                            *mut sqlite3,
+                            *mut *mut c_char,
+                            *const sqlite3_api_routines,
+                        ) -> c_int,
                         unsafe extern "C" fn(),
                     >(entry)))
                 };

@@ -9,7 +9,9 @@ fn opt_str(s: &Option<String>) -> String {
 
 /// Bytes of spool segment files on disk.
 fn spool_bytes(state: &DbState) -> u64 {
-    let Ok(rd) = std::fs::read_dir(&state.cfg.spool) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(&state.cfg.spool) else {
+        return 0;
+    };
     rd.filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
         .filter_map(|e| e.metadata().ok())
@@ -19,10 +21,20 @@ fn spool_bytes(state: &DbState) -> u64 {
 
 /// Renders the status of `state` as a JSON object.
 pub fn to_json(state: &DbState, journal_mode: &str) -> String {
+    let c = &state.control;
+    let sealed = c.sealed();
+    let applied = c.applied();
+    let (consumer_pid, beat_us) = c.consumer();
+    let behind = c.behind_since();
+    let captured = sealed.seq;
+    let pending_records = captured.saturating_sub(applied.seq);
+    let lag_ms = if pending_records == 0 || behind == 0 {
+        0
+    } else {
+        now_us().saturating_sub(behind) / 1000
+    };
     let p = lock(&state.progress);
-    let captured = p.sealed.map_or(0, |s| s.seq);
-    let lag_ms = p.unapplied.front().map_or(0, |&(_, us)| now_us().saturating_sub(us) / 1000);
-    let pending_records = captured.saturating_sub(p.applied_seq);
+    let last_error = p.last_error.clone().or_else(|| c.error());
     let fields = [
         ("version", json_string(env!("CARGO_PKG_VERSION"))),
         ("db", json_string(&state.cfg.db.to_string_lossy())),
@@ -31,15 +43,34 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
         ("journal_mode", json_string(journal_mode)),
         ("state", json_string(p.phase.name())),
         ("captured", captured.to_string()),
-        ("applied", p.applied_seq.to_string()),
+        ("applied", applied.seq.to_string()),
         ("pending", pending_records.to_string()),
-        ("pending_bytes", if pending_records == 0 { "0".to_string() } else { spool_bytes(state).to_string() }),
+        (
+            "pending_bytes",
+            if pending_records == 0 {
+                "0".to_string()
+            } else {
+                spool_bytes(state).to_string()
+            },
+        ),
         ("lag_ms", lag_ms.to_string()),
-        ("last_error", opt_str(&p.last_error)),
+        ("last_error", opt_str(&last_error)),
         ("errors", p.errors.to_string()),
-        ("resyncs", p.resyncs.to_string()),
-        ("resync_pending", (p.resynced_gen < p.lost_gen).to_string()),
-        ("resync_progress", format!("[{},{}]", p.resync_done, p.resync_total)),
+        ("resyncs", c.resyncs().to_string()),
+        (
+            "resync_pending",
+            (c.resynced_gen() < c.lost_gen()).to_string(),
+        ),
+        ("consumer_pid", consumer_pid.to_string()),
+        ("consumer_here", p.active.to_string()),
+        (
+            "consumer_beat_ms",
+            (now_us().saturating_sub(beat_us) / 1000).to_string(),
+        ),
+        (
+            "resync_progress",
+            format!("[{},{}]", p.resync_done, p.resync_total),
+        ),
         ("bytes_captured", p.bytes_captured.to_string()),
         ("bytes_applied", p.bytes_applied.to_string()),
         ("pages_applied", p.pages_applied.to_string()),

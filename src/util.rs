@@ -4,7 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Escapes `s` as a JSON string literal (with quotes).
@@ -30,6 +32,9 @@ pub fn json_string(s: &str) -> String {
 mod tests {
     #[test]
     fn json_escapes() {
-        assert_eq!(super::json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+        assert_eq!(
+            super::json_string("a\"b\\c\n\u{1}"),
+            "\"a\\\"b\\\\c\\n\\u0001\""
+        );
     }
 }

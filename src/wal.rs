@@ -199,7 +199,11 @@ pub fn scan_committed(file: &File) -> io::Result<CommittedWal> {
         }
         // The cumulative checksum covers the first 8 header bytes and the page data.
         let c = checksum(header.big_endian_cksum, &buf[..8], cksum);
-        let c = checksum(header.big_endian_cksum, &buf[WAL_FRAME_HEADER_LEN as usize..], c);
+        let c = checksum(
+            header.big_endian_cksum,
+            &buf[WAL_FRAME_HEADER_LEN as usize..],
+            c,
+        );
         if c != fh.cksum {
             break;
         }
@@ -223,7 +227,11 @@ pub(crate) mod tests {
     use std::io::Write;
 
     /// Builds a WAL image: header + frames `(pgno, commit_size, fill byte)`.
-    pub(crate) fn build_wal(page_size: u32, frames: &[(u32, u32, u8)], salts: (u32, u32)) -> Vec<u8> {
+    pub(crate) fn build_wal(
+        page_size: u32,
+        frames: &[(u32, u32, u8)],
+        salts: (u32, u32),
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut h = [0u8; 32];
         h[0..4].copy_from_slice(&MAGIC_LE.to_be_bytes());

@@ -1,28 +1,41 @@
-//! The consumer thread of one database: reads sealed records from the spool, applies them to the
-//! backup in batches (`backup::apply`), repairs losses with a resync, trims applied segments.
+//! The consumer thread of one database in this process: reads sealed records from the spool,
+//! applies them to the backup in batches (`backup::apply`), repairs losses with a resync, trims
+//! applied segments.
+//!
+//! Several processes may use one database; each runs a consumer thread, but only the one holding
+//! the OFD lock on `<spool>/consumer.lock` is *active*. The others poll for the lock, so when the
+//! active process exits or is killed (the kernel drops its lock) another takes over within one
+//! poll interval, continuing from the cursor published in the control file.
 //!
 //! Invariants:
 //! - It never takes a lock on the source database: source pages are read without locks and any
 //!   page read while it was changing is overwritten by a record sealed afterwards (see `resync`).
-//! - Records are applied in sequence order, each whole, several per batch; a batch is atomic on the
-//!   backup. A gap in the sequence or a torn sealed record means lost data: resync, never guess.
+//! - Records are applied in sequence order, each whole, several per batch; a batch is atomic on
+//!   the backup. A gap in the sequence numbers, a torn sealed record, or a record that does not
+//!   continue the previous one's source state (change counter, WAL frame position) means a change
+//!   the spool does not have: resync, never guess.
 //! - A segment is deleted only after every record in it is in the backup (and the backup synced).
 //! - A panic in the loop body is caught, reported, and answered with a resync.
 
 mod resync;
 
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backup::apply::{self, ApplyOptions, ApplyRequest};
 use crate::backup::writeset::{Source, WriteSet};
+use crate::config::Config;
 use crate::dbstate::{DbState, Phase, lock};
-use crate::spool::format::RecordKind;
+use crate::spool::control::{AppliedState, Control};
+use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
 use crate::spool::{list_segments, segment_path};
+use crate::util::now_us;
 
 pub use resync::SourceReader;
 
@@ -30,8 +43,10 @@ pub use resync::SourceReader;
 const MAX_BATCH_PAGES: usize = 16_384;
 /// How long an apply waits for readers of the backup to let go.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle tick: lag/heartbeat bookkeeping and retry pacing.
-const TICK: Duration = Duration::from_millis(250);
+/// Idle tick: heartbeat, takeover polling, retry pacing.
+const TICK: Duration = Duration::from_millis(200);
+/// Bytes after which a segment is closed and the next transaction starts a new one.
+const ROTATE_AT: u64 = 64 << 20;
 
 /// Where the consumer reads next.
 struct Cursor {
@@ -46,37 +61,49 @@ struct Consumer {
     cursor: Cursor,
     /// Consecutive failures, for backoff.
     failures: u32,
-    /// First segment number and sequence number of this process's writer.
-    first_segment: u64,
-    first_seq: u64,
+    /// The consumer lock file, held (OFD write lock) while active.
+    lock_file: Option<File>,
+    pid: u64,
 }
 
-/// Starts the consumer thread of `state`.
-pub fn spawn(
-    state: &Arc<DbState>,
-    source: Box<dyn SourceReader>,
-    first_segment: u64,
-    first_seq: u64,
-) -> io::Result<()> {
+/// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
+/// describe the source file as found at open; `open_source` gives the consumer its reader.
+pub fn start(
+    cfg: Config,
+    page1: &[u8],
+    size: u64,
+    open_source: impl FnOnce() -> io::Result<Box<dyn SourceReader>>,
+) -> Result<Arc<DbState>, String> {
+    let control = Control::open(&cfg.spool)
+        .map_err(|e| format!("cannot use spool directory {}: {e}", cfg.spool.display()))?;
+    let control = Arc::new(control);
+    let pid = std::process::id() as u64;
+    control.register_pid(pid);
+    let writer = crate::spool::writer::SpoolWriter::new(cfg.spool.clone(), cfg.durable, ROTATE_AT);
+    let capture = crate::capture::Capture::new(writer, control.clone(), page1, size);
+    let state = DbState::new(cfg, control, capture);
+    let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
     let mut consumer = Consumer {
         state: state.clone(),
         source,
         cursor: Cursor {
             reader: None,
-            at: SealedPos { segment: first_segment, end: 0 },
+            at: SealedPos::default(),
         },
         failures: 0,
-        first_segment,
-        first_seq,
+        lock_file: None,
+        pid,
     };
     let handle = std::thread::Builder::new()
         .name("spoolvfs-consumer".to_string())
-        .spawn(move || consumer.run())?;
+        .spawn(move || consumer.run())
+        .map_err(|e| format!("starting the consumer thread: {e}"))?;
     *lock(&state.consumer) = Some(handle);
-    Ok(())
+    Ok(state)
 }
 
-/// Called by the last close: lets the consumer drain for up to `drain_ms`, then joins it.
+/// Called by the last close in this process: lets the consumer drain for up to `drain_ms`, then
+/// joins it and unregisters the process from the control file.
 pub fn shutdown(state: &Arc<DbState>) {
     {
         let mut p = lock(&state.progress);
@@ -85,6 +112,27 @@ pub fn shutdown(state: &Arc<DbState>) {
     state.ring();
     if let Some(h) = lock(&state.consumer).take() {
         let _ = h.join();
+    }
+    state.control.unregister_pid(std::process::id() as u64);
+}
+
+/// Takes a non-blocking OFD write lock on the whole of `f`.
+fn try_ofd_lock(f: &File) -> io::Result<bool> {
+    // SAFETY: flock is plain data; all-zero is a valid value which we then fill in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    // SAFETY: valid fd owned by `f`; F_OFD_SETLK with a properly initialised flock (l_pid = 0).
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
     }
 }
 
@@ -101,6 +149,9 @@ impl Consumer {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
             let step = match outcome {
                 Ok(Ok(step)) => {
+                    if self.failures > 0 {
+                        self.state.clear_error();
+                    }
                     self.failures = 0;
                     step
                 }
@@ -112,88 +163,169 @@ impl Consumer {
                 Err(_) => {
                     self.failures += 1;
                     self.cursor.reader = None;
-                    self.state.report_error("internal error (panic) in the consumer; resyncing".into());
-                    lock(&self.state.progress).lost_gen += 1;
+                    self.state
+                        .report_error("internal error (panic) in the consumer; resyncing".into());
+                    self.state.control.bump_lost();
                     Step::Idle
                 }
             };
+            self.state.changed.notify_all();
             if self.should_stop() {
                 break;
             }
             if let Step::Idle = step {
-                let wait = if self.failures > 0 {
-                    // Back off on repeated failures (full disk, unwritable backup): 0.25 s .. 5 s.
-                    TICK * self.failures.min(20)
-                } else {
-                    TICK
-                };
+                // Back off on repeated failures (full disk, unwritable backup): 0.2 s .. 4 s.
+                let wait = TICK * self.failures.clamp(1, 20);
                 let _ = self.state.doorbell_rx.recv_timeout(wait);
             }
         }
-        let mut p = lock(&self.state.progress);
-        p.phase = Phase::Stopped;
-        drop(p);
+        if self.lock_file.is_some() {
+            self.state.control.set_consumer(0, now_us());
+        }
+        lock(&self.state.progress).phase = Phase::Stopped;
         self.state.changed.notify_all();
     }
 
+    fn caught_up(&self) -> bool {
+        let c = &self.state.control;
+        c.applied().seq >= c.sealed().seq && c.resynced_gen() >= c.lost_gen()
+    }
+
     fn should_stop(&self) -> bool {
-        let p = lock(&self.state.progress);
-        let Some(stop_by) = p.stop_by else { return false };
-        let caught_up = p.applied_seq >= p.sealed.map_or(0, |s| s.seq) && p.resynced_gen >= p.lost_gen;
-        caught_up || Instant::now() >= stop_by
+        let Some(stop_by) = lock(&self.state.progress).stop_by else {
+            return false;
+        };
+        // A passive consumer has nothing to drain; the active one drains until caught up.
+        self.lock_file.is_none() || self.caught_up() || Instant::now() >= stop_by
+    }
+
+    /// Becomes the active consumer if the lock is free. On becoming active without any other
+    /// live user of the database, nothing vouches for the backup: verify it with a resync.
+    fn try_activate(&mut self) -> Result<bool, String> {
+        if self.lock_file.is_some() {
+            return Ok(true);
+        }
+        let path = self.state.cfg.spool.join("consumer.lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        if !try_ofd_lock(&f).map_err(|e| format!("locking {}: {e}", path.display()))? {
+            return Ok(false);
+        }
+        self.lock_file = Some(f);
+        let c = &self.state.control;
+        c.set_consumer(self.pid, now_us());
+        // Nothing vouches for the backup when no other live process was keeping it (changes made
+        // while nobody watched) or when no resync ever completed in this spool: verify it.
+        if !c.others_alive(self.pid) || c.resyncs() == 0 {
+            c.bump_lost();
+        }
+        let a = c.applied();
+        self.cursor = Cursor {
+            reader: None,
+            at: a.pos,
+        };
+        lock(&self.state.progress).active = true;
+        Ok(true)
     }
 
     fn step(&mut self) -> Result<Step, String> {
-        let (needs_resync, sealed, applied) = {
-            let p = lock(&self.state.progress);
-            (p.resynced_gen < p.lost_gen, p.sealed, p.applied_seq)
-        };
-        if needs_resync {
-            self.set_phase(Phase::Resyncing);
-            let r = resync::run(self);
-            self.set_phase(if r.is_ok() { Phase::Live } else { Phase::Failing });
-            return r.map(|()| Step::Progress);
-        }
-        let Some(sealed) = sealed else { return Ok(Step::Idle) };
-        if applied >= sealed.seq {
+        if !self.try_activate()? {
             self.set_phase(Phase::Live);
             return Ok(Step::Idle);
         }
-        let records = self.read_batch(sealed.pos).map_err(|e| format!("reading the spool: {e}"))?;
-        let Some(records) = records else {
-            // Lost or damaged spool data: only a resync can repair the backup.
-            lock(&self.state.progress).lost_gen += 1;
-            self.cursor.reader = None;
-            return Ok(Step::Progress);
-        };
-        if records.is_empty() {
+        let c = self.state.control.clone();
+        c.set_consumer(self.pid, now_us());
+        if let Some(msg) = self.dead_txn_owner() {
+            self.state.report_error(msg);
+            c.bump_lost();
+        }
+        if c.resynced_gen() < c.lost_gen() {
+            self.set_phase(Phase::Resyncing);
+            let r = resync::run(self);
+            self.set_phase(if r.is_ok() {
+                Phase::Live
+            } else {
+                Phase::Failing
+            });
+            return r.map(|()| Step::Progress);
+        }
+        let sealed = c.sealed();
+        let applied = c.applied();
+        if applied.seq >= sealed.seq {
+            c.set_behind_since(0);
+            self.set_phase(Phase::Live);
             return Ok(Step::Idle);
         }
-        if records[0].seq != applied + 1 || records.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
-            self.state.report_error(format!(
-                "spool sequence gap after transaction {applied}: resyncing"
-            ));
-            lock(&self.state.progress).lost_gen += 1;
-            self.cursor.reader = None;
-            return Ok(Step::Progress);
+        let records = self
+            .read_batch(sealed.pos)
+            .map_err(|e| format!("reading the spool: {e}"))?;
+        let Some(records) = records else {
+            return self.lost("the spool lost data published as sealed");
+        };
+        let Some(first) = records.first() else {
+            return Ok(Step::Idle);
+        };
+        c.set_behind_since(first.info.sealed_us);
+        let mut prev = applied;
+        for r in &records {
+            if let Err(why) = chain_check(&prev, r) {
+                return self.lost(&why);
+            }
+            prev = applied_after(r);
         }
         let mut writes = WriteSet::new();
-        add_records(&mut writes, &records, self.reader_file());
-        self.apply(&writes, &records, false)?;
+        add_records(
+            &mut writes,
+            &records,
+            self.cursor.reader.as_ref().map(|r| r.file.clone()),
+        );
+        let last = records.last().map(|r| r.info).ok_or("empty batch")?;
+        self.apply_sized(
+            &writes,
+            last.db_size,
+            last.page_size,
+            bump_needed(&records, false),
+        )?;
+        c.publish_applied(prev);
+        if c.sealed().seq == prev.seq {
+            c.set_behind_since(0);
+        }
+        if let Some(r) = records.last() {
+            self.trim_before(r.segment);
+        }
         self.set_phase(Phase::Live);
         Ok(Step::Progress)
     }
 
-    fn reader_file(&self) -> Option<Arc<std::fs::File>> {
-        self.cursor.reader.as_ref().map(|r| r.file.clone())
+    /// Records a loss the consumer found; the next step resyncs.
+    fn lost(&mut self, why: &str) -> Result<Step, String> {
+        self.state.report_error(format!("{why}: resyncing"));
+        self.state.control.bump_lost();
+        self.cursor.reader = None;
+        Ok(Step::Progress)
+    }
+
+    /// A transaction left open by a process that no longer exists.
+    fn dead_txn_owner(&self) -> Option<String> {
+        let owner = self.state.control.txn_owner();
+        if owner == 0 || owner == self.pid || crate::spool::control::pid_alive(owner) {
+            return None;
+        }
+        self.state
+            .control
+            .clear_txn_owner_if(owner)
+            .then(|| format!("process {owner} died with an unsealed transaction"))
     }
 
     fn set_phase(&self, phase: Phase) {
         let mut p = lock(&self.state.progress);
         if p.phase != phase {
             p.phase = phase;
-            drop(p);
-            self.state.changed.notify_all();
         }
     }
 
@@ -203,29 +335,20 @@ impl Consumer {
         loop {
             if self.cursor.reader.is_none() {
                 let at = self.cursor.at;
-                match SegmentReader::open(&self.state.cfg.spool, at.segment) {
+                let segment = if at.segment == 0 { 1 } else { at.segment };
+                match SegmentReader::open(&self.state.cfg.spool, segment) {
                     Ok(mut r) => {
-                        if at.end > r.pos {
+                        if at.segment == segment && at.end > r.pos {
                             r.pos = at.end;
                         }
                         self.cursor.reader = Some(r);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound && at.segment < limit.segment => {
-                        // That segment never came to exist (the writer failed before its first
-                        // byte): continue with the next one present.
-                        let next = list_segments(&self.state.cfg.spool)?
-                            .into_iter()
-                            .find(|&n| n > at.segment && n <= limit.segment);
-                        match next {
-                            Some(n) => self.cursor.at = SealedPos { segment: n, end: 0 },
-                            None => return Ok(None),
-                        }
-                        continue;
-                    }
                     Err(_) => return Ok(None),
                 }
             }
-            let Some(reader) = self.cursor.reader.as_mut() else { return Ok(None) };
+            let Some(reader) = self.cursor.reader.as_mut() else {
+                return Ok(None);
+            };
             let current = reader.no;
             let seg_limit = (current == limit.segment).then_some(limit.end);
             let out = reader.read_records(seg_limit, MAX_BATCH_PAGES)?;
@@ -233,39 +356,45 @@ impl Consumer {
                 return Ok(Some(out.records));
             }
             if current >= limit.segment {
-                if out.torn {
+                if out.torn || current > limit.segment {
                     return Ok(None);
                 }
                 return Ok(Some(Vec::new()));
             }
-            // The writer moved on: this segment is exhausted (a torn tail here is an abandoned,
-            // unsealed transaction; its loss was reported by the writer). Go to the next one.
+            // The stream moved on to the next segment: this one is exhausted (bytes after its
+            // last sealed record are an abandoned transaction).
             self.cursor.reader = None;
-            self.cursor.at = SealedPos { segment: current + 1, end: 0 };
+            self.cursor.at = SealedPos {
+                segment: current + 1,
+                end: 0,
+            };
         }
     }
 
-    /// Applies `writes` (built from `records`, possibly preceded by resync pages) to the backup
-    /// and advances `applied_seq`.
-    fn apply(&mut self, writes: &WriteSet, records: &[Record], from_resync_wal: bool) -> Result<(), String> {
-        let Some(last) = records.last() else { return Ok(()) };
-        self.apply_sized(writes, last.info.db_size, last.info.page_size, bump_needed(records, from_resync_wal))?;
-        let mut p = lock(&self.state.progress);
-        p.applied_seq = last.seq;
-        while p.unapplied.front().is_some_and(|&(s, _)| s <= last.seq) {
-            p.unapplied.pop_front();
-        }
-        drop(p);
-        self.state.changed.notify_all();
-        self.trim_before(last.segment);
-        Ok(())
-    }
-
-    fn apply_sized(&mut self, writes: &WriteSet, size: u64, page_size: u32, bump: bool) -> Result<(), String> {
-        let req = ApplyRequest { writes, final_size: size, page_size, bump_counter_if_unchanged: bump };
-        let opts = ApplyOptions { lock_timeout: LOCK_TIMEOUT, sync: true, fail_at: None };
-        let report = apply::apply(&self.state.cfg.backup, &req, &opts)
-            .map_err(|e| format!("applying to backup {}: {e}", self.state.cfg.backup.display()))?;
+    fn apply_sized(
+        &mut self,
+        writes: &WriteSet,
+        size: u64,
+        page_size: u32,
+        bump: bool,
+    ) -> Result<(), String> {
+        let req = ApplyRequest {
+            writes,
+            final_size: size,
+            page_size,
+            bump_counter_if_unchanged: bump,
+        };
+        let opts = ApplyOptions {
+            lock_timeout: LOCK_TIMEOUT,
+            sync: true,
+            fail_at: None,
+        };
+        let report = apply::apply(&self.state.cfg.backup, &req, &opts).map_err(|e| {
+            format!(
+                "applying to backup {}: {e}",
+                self.state.cfg.backup.display()
+            )
+        })?;
         let mut p = lock(&self.state.progress);
         p.bytes_applied += report.bytes_written;
         p.pages_applied += report.pages_written;
@@ -283,12 +412,74 @@ impl Consumer {
     }
 }
 
+fn mode_kind(info: &CommitInfo) -> u64 {
+    ((info.mode as u64) << 8) | info.kind as u64
+}
+
+/// The applied state after record `r`.
+fn applied_after(r: &Record) -> AppliedState {
+    AppliedState {
+        seq: r.seq,
+        pos: SealedPos {
+            segment: r.segment,
+            end: r.end,
+        },
+        sealed_us: r.info.sealed_us,
+        token: r.info.token,
+        mode_kind: mode_kind(&r.info),
+        wal_frames: r.info.wal_frames,
+    }
+}
+
+/// Checks that record `r` directly follows the applied state `prev`: the next sequence number,
+/// and a source state that continues the previous one. Rollback mode: the change counter moves by
+/// at most one per transaction (it stays put in exclusive locking mode). WAL mode, same WAL
+/// generation (salts): the transaction's first frame follows the previous commit frame.
+fn chain_check(prev: &AppliedState, r: &Record) -> Result<(), String> {
+    if prev.seq != 0 && r.seq != prev.seq + 1 {
+        return Err(format!(
+            "spool sequence gap: transaction {} follows {}",
+            r.seq, prev.seq
+        ));
+    }
+    let prev_mode = prev.mode_kind >> 8;
+    if prev.seq == 0 || prev_mode != r.info.mode as u64 {
+        return Ok(());
+    }
+    match r.info.mode {
+        SourceMode::Rollback => {
+            let (a, b) = (prev.token as u32, r.info.token as u32);
+            if b != a && b != a.wrapping_add(1) {
+                return Err(format!(
+                    "the source's change counter went from {a} to {b}: a change was made without spoolvfs"
+                ));
+            }
+        }
+        SourceMode::Wal => {
+            if prev.token == r.info.token && r.info.wal_first_frame != prev.wal_frames {
+                return Err(format!(
+                    "WAL frames {}..{} were written without spoolvfs",
+                    prev.wal_frames, r.info.wal_first_frame
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Adds every page of `records`, in order, to `writes` (later writes win).
 fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::fs::File>>) {
     let Some(file) = file else { return };
     for r in records {
         for p in &r.pages {
-            writes.insert(p.offset, p.len as u64, Source::File { file: file.clone(), pos: p.payload_pos });
+            writes.insert(
+                p.offset,
+                p.len as u64,
+                Source::File {
+                    file: file.clone(),
+                    pos: p.payload_pos,
+                },
+            );
         }
     }
 }
@@ -301,29 +492,44 @@ fn bump_needed(records: &[Record], from_resync_wal: bool) -> bool {
     from_resync_wal || records.iter().any(|r| r.info.kind == RecordKind::Commit)
 }
 
-/// Bytes after which a segment is closed and the next transaction starts a new one.
-const ROTATE_AT: u64 = 64 << 20;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
-/// describe the source file as found at open; `open_source` gives the consumer its reader.
-pub fn start(
-    cfg: crate::config::Config,
-    page1: &[u8],
-    size: u64,
-    open_source: impl FnOnce() -> io::Result<Box<dyn SourceReader>>,
-) -> Result<Arc<DbState>, String> {
-    let spool_ready = std::fs::create_dir_all(&cfg.spool);
-    let first_segment = list_segments(&cfg.spool)
-        .ok()
-        .and_then(|v| v.last().copied())
-        .map_or(1, |m| m + 1);
-    let writer = crate::spool::writer::SpoolWriter::new(cfg.spool.clone(), first_segment, cfg.durable, ROTATE_AT);
-    let capture = crate::capture::Capture::new(writer, 1, page1, size);
-    let state = DbState::new(cfg, capture);
-    if let Err(e) = spool_ready {
-        state.report_error(format!("cannot create spool directory {}: {e}", state.cfg.spool.display()));
+    fn rec(seq: u64, mode: SourceMode, token: u64, first: u64, frames: u64) -> Record {
+        Record {
+            seq,
+            info: CommitInfo {
+                kind: RecordKind::Commit,
+                mode,
+                page_size: 4096,
+                db_size: 4096,
+                n_pages: 0,
+                sealed_us: 0,
+                token,
+                wal_frames: frames,
+                wal_first_frame: first,
+            },
+            segment: 1,
+            end: 0,
+            pages: Vec::new(),
+        }
     }
-    let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
-    spawn(&state, source, first_segment, 1).map_err(|e| format!("starting the consumer thread: {e}"))?;
-    Ok(state)
+
+    #[test]
+    fn chain_accepts_continuations_and_rejects_gaps() {
+        let r1 = rec(1, SourceMode::Rollback, 10, 0, 0);
+        let a1 = applied_after(&r1);
+        assert!(chain_check(&a1, &rec(2, SourceMode::Rollback, 11, 0, 0)).is_ok());
+        assert!(chain_check(&a1, &rec(2, SourceMode::Rollback, 10, 0, 0)).is_ok());
+        assert!(chain_check(&a1, &rec(2, SourceMode::Rollback, 12, 0, 0)).is_err());
+        assert!(chain_check(&a1, &rec(3, SourceMode::Rollback, 11, 0, 0)).is_err());
+        let w = applied_after(&rec(5, SourceMode::Wal, 77, 0, 4));
+        assert!(chain_check(&w, &rec(6, SourceMode::Wal, 77, 4, 6)).is_ok());
+        assert!(chain_check(&w, &rec(6, SourceMode::Wal, 77, 5, 6)).is_err());
+        // A new WAL generation (restart) cannot be checked frame by frame.
+        assert!(chain_check(&w, &rec(6, SourceMode::Wal, 78, 0, 2)).is_ok());
+        // Mode switches are not checked.
+        assert!(chain_check(&w, &rec(6, SourceMode::Rollback, 99, 0, 0)).is_ok());
+    }
 }

@@ -8,7 +8,8 @@
 //!    (validated as SQLite recovery would) and check that the WAL header (salts, checkpoint
 //!    sequence) did not change from before the copy to after the scan: without a restart no frame
 //!    was overwritten, so every page a checkpoint wrote during the copy is also in the overlay.
-//! 3. Wait until no transaction of this process is open, and take `S` = the last sealed record.
+//! 3. Wait until no process has a transaction open (the control file's `txn_owner`), and take
+//!    `S` = the last sealed record.
 //! 4. Apply `copy + records (P, S]` to the backup as one atomic batch.
 //!
 //! Why it is correct: each page of the result is the last write to it after `P` (all captured and
@@ -24,11 +25,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Consumer, LOCK_TIMEOUT, add_records};
+use super::{Consumer, LOCK_TIMEOUT, add_records, applied_after};
 use crate::backup::apply;
 use crate::backup::writeset::{Source, WriteSet};
 use crate::dbheader;
 use crate::dbstate::lock;
+use crate::spool::control::AppliedState;
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
 use crate::spool::{list_segments, segment_path};
@@ -47,16 +49,18 @@ const MAX_ATTEMPTS: u32 = 20;
 
 /// Runs a resync to completion (or error).
 pub(super) fn run(c: &mut Consumer) -> Result<(), String> {
-    let gen_ = lock(&c.state.progress).lost_gen;
     apply::recover(&c.state.cfg.backup, LOCK_TIMEOUT)
         .map_err(|e| format!("rolling back the backup's hot journal: {e}"))?;
     for _ in 0..MAX_ATTEMPTS {
+        let gen_ = c.state.control.lost_gen();
         if attempt(c, gen_)? {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Err(format!("resync found no stable view of the source after {MAX_ATTEMPTS} attempts"))
+    Err(format!(
+        "resync found no stable view of the source after {MAX_ATTEMPTS} attempts"
+    ))
 }
 
 fn path_with(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
@@ -72,17 +76,22 @@ fn read_wal_header(path: &std::path::Path) -> Option<WalHeader> {
     WalHeader::parse(&h)
 }
 
-/// True if the source has a journal that looks hot and no transaction of ours is open.
+/// True if the source has a journal that looks hot while no process of ours has a transaction
+/// open: a crashed writer's (or a foreign process's) transaction whose pages may sit in the file.
 fn foreign_hot_journal(c: &Consumer) -> bool {
     let journal = path_with(&c.state.cfg.db, "-journal");
     let mut first = [0u8; 1];
-    let looks_hot = File::open(&journal).and_then(|f| f.read_exact_at(&mut first, 0)).is_ok()
+    let looks_hot = File::open(&journal)
+        .and_then(|f| f.read_exact_at(&mut first, 0))
+        .is_ok()
         && first[0] != 0;
-    looks_hot && !lock(&c.state.capture).txn_open()
+    looks_hot && c.state.control.txn_owner() == 0
 }
 
 fn stopping(c: &Consumer) -> bool {
-    lock(&c.state.progress).stop_by.is_some_and(|t| Instant::now() >= t)
+    lock(&c.state.progress)
+        .stop_by
+        .is_some_and(|t| Instant::now() >= t)
 }
 
 struct Scratch {
@@ -109,8 +118,12 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     // 1. P.
-    let p = lock(&c.state.progress).sealed;
-    let replay_from = p.map_or(SealedPos { segment: c.first_segment, end: 0 }, |s| s.pos);
+    let p = c.state.control.sealed();
+    let replay_from = if p.seq == 0 {
+        SealedPos::default()
+    } else {
+        p.pos
+    };
 
     // 2. Copy the differing pages.
     let io_err = |what: &str| {
@@ -126,12 +139,17 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         .truncate(true)
         .open(&scratch_path)
         .map_err(io_err("creating the resync scratch file"))?;
-    let mut scratch = Scratch { file: Arc::new(scratch_file), len: 0 };
+    let mut scratch = Scratch {
+        file: Arc::new(scratch_file),
+        len: 0,
+    };
     let wal_path = path_with(&cfg.db, "-wal");
     let wal_before = read_wal_header(&wal_path);
 
     let mut page1 = [0u8; dbheader::HEADER_LEN];
-    c.source.read_at(&mut page1, 0).map_err(io_err("reading the source header"))?;
+    c.source
+        .read_at(&mut page1, 0)
+        .map_err(io_err("reading the source header"))?;
     let src_size = c.source.size().map_err(io_err("sizing the source"))?;
     let mut page_size = dbheader::page_size(&page1)
         .or(wal_before.map(|h| h.page_size))
@@ -157,21 +175,34 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let mut bak_page = vec![0u8; ps];
     for pgno in 1..=n_pages {
         let off = (pgno - 1) * page_size as u64;
-        if off <= dbheader::LOCK_BYTE_OFFSET && dbheader::LOCK_BYTE_OFFSET < off + page_size as u64 {
+        if off <= dbheader::LOCK_BYTE_OFFSET && dbheader::LOCK_BYTE_OFFSET < off + page_size as u64
+        {
             continue;
         }
         src_page.fill(0);
-        c.source.read_at(&mut src_page, off).map_err(io_err("reading a source page"))?;
+        c.source
+            .read_at(&mut src_page, off)
+            .map_err(io_err("reading a source page"))?;
         let same = match &backup {
             Some(b) if off + page_size as u64 <= backup_len => {
-                b.read_exact_at(&mut bak_page, off).map_err(io_err("reading a backup page"))?;
+                b.read_exact_at(&mut bak_page, off)
+                    .map_err(io_err("reading a backup page"))?;
                 bak_page == src_page
             }
             _ => false,
         };
         if !same {
-            let at = scratch.append(&src_page).map_err(io_err("writing the resync scratch file"))?;
-            writes.insert(off, page_size as u64, Source::File { file: scratch.file.clone(), pos: at });
+            let at = scratch
+                .append(&src_page)
+                .map_err(io_err("writing the resync scratch file"))?;
+            writes.insert(
+                off,
+                page_size as u64,
+                Source::File {
+                    file: scratch.file.clone(),
+                    pos: at,
+                },
+            );
         }
         if pgno % 4096 == 0 {
             lock(&c.state.progress).resync_done = pgno;
@@ -191,13 +222,28 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             source_is_wal = true;
             page_size = h.page_size;
             let mut frame = vec![0u8; h.page_size as usize];
-            let mut pages: Vec<_> = committed.newest_frame.iter().map(|(&p, &at)| (p, at)).collect();
+            let mut pages: Vec<_> = committed
+                .newest_frame
+                .iter()
+                .map(|(&p, &at)| (p, at))
+                .collect();
             pages.sort_unstable();
             for (pgno, data_at) in pages {
-                wal_file.read_exact_at(&mut frame, data_at).map_err(io_err("reading a WAL frame"))?;
-                let at = scratch.append(&frame).map_err(io_err("writing the resync scratch file"))?;
+                wal_file
+                    .read_exact_at(&mut frame, data_at)
+                    .map_err(io_err("reading a WAL frame"))?;
+                let at = scratch
+                    .append(&frame)
+                    .map_err(io_err("writing the resync scratch file"))?;
                 let off = (pgno as u64 - 1) * h.page_size as u64;
-                writes.insert(off, h.page_size as u64, Source::File { file: scratch.file.clone(), pos: at });
+                writes.insert(
+                    off,
+                    h.page_size as u64,
+                    Source::File {
+                        file: scratch.file.clone(),
+                        pos: at,
+                    },
+                );
             }
             final_size = db_pages as u64 * h.page_size as u64;
         }
@@ -205,20 +251,26 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let wal_after = read_wal_header(&wal_path);
     let same_wal = |a: Option<WalHeader>, b: Option<WalHeader>| match (a, b) {
         (None, None) => true,
-        (Some(x), Some(y)) => (x.salt1, x.salt2, x.checkpoint_seq) == (y.salt1, y.salt2, y.checkpoint_seq),
+        (Some(x), Some(y)) => {
+            (x.salt1, x.salt2, x.checkpoint_seq) == (y.salt1, y.salt2, y.checkpoint_seq)
+        }
         _ => false,
     };
     if !same_wal(wal_before, wal_after) {
         return Ok(false);
     }
 
-    // 3. Quiescent point S.
+    // 3. Quiescent point S: no transaction open in any process.
     let s = loop {
-        {
-            let cap = lock(&c.state.capture);
-            if !cap.txn_open() {
-                break cap.last_sealed();
-            }
+        let owner = c.state.control.txn_owner();
+        if owner == 0 {
+            break c.state.control.sealed();
+        }
+        if !crate::spool::control::pid_alive(owner) {
+            // Killed with a transaction open: that change may be missing; start over.
+            c.state.control.clear_txn_owner_if(owner);
+            c.state.control.bump_lost();
+            return Ok(false);
         }
         if stopping(c) {
             return Err("stopping during a resync".into());
@@ -229,14 +281,14 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     // 4. Replay (P, S] after the copy, then apply as one batch.
     let mut last_record: Option<Record> = None;
     let mut any_commit = false;
-    if let Some(s) = s {
-        if p.map(|p| p.seq) != Some(s.seq) {
-            let Some(groups) = read_range(&cfg.spool, replay_from, s.pos)
-                .map_err(io_err("reading the spool"))?
+    if s.seq > p.seq {
+        {
+            let Some(groups) =
+                read_range(&cfg.spool, replay_from, s.pos).map_err(io_err("reading the spool"))?
             else {
                 return Ok(false);
             };
-            let mut expect = p.map_or(c.first_seq, |p| p.seq + 1);
+            let mut expect = p.seq + 1;
             for (file, records) in &groups {
                 for r in records {
                     if r.seq != expect {
@@ -255,7 +307,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             }
         }
     }
-    if lock(&c.state.progress).lost_gen != gen_ {
+    if c.state.control.lost_gen() != gen_ {
         // A capture loss (or a new request) during the copy: records after P are incomplete.
         return Ok(false);
     }
@@ -266,20 +318,31 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let bump = source_is_wal || any_commit;
     c.apply_sized(&writes, final_size, page_size, bump)?;
 
-    let mut pr = lock(&c.state.progress);
-    if let Some(s) = s {
-        pr.applied_seq = s.seq;
-        while pr.unapplied.front().is_some_and(|&(q, _)| q <= s.seq) {
-            pr.unapplied.pop_front();
-        }
+    let applied = match &last_record {
+        Some(r) => applied_after(r),
+        // Nothing replayed: the chain data of S is unknown, so the next record is not checked
+        // against it (mode_kind 0).
+        None => AppliedState {
+            seq: s.seq,
+            pos: s.pos,
+            sealed_us: s.sealed_us,
+            ..AppliedState::default()
+        },
+    };
+    c.state.control.publish_applied(applied);
+    c.state.control.finish_resync(gen_);
+    c.state.control.set_behind_since(0);
+    {
+        let mut pr = lock(&c.state.progress);
+        pr.resync_done = pr.resync_total;
     }
-    pr.resynced_gen = gen_;
-    pr.resyncs += 1;
-    pr.resync_done = pr.resync_total;
-    drop(pr);
     c.state.changed.notify_all();
     c.cursor.reader = None;
-    c.cursor.at = s.map_or(replay_from, |s| s.pos);
+    c.cursor.at = if s.seq == 0 {
+        SealedPos::default()
+    } else {
+        s.pos
+    };
     c.trim_before(c.cursor.at.segment);
     let _ = std::fs::remove_file(&scratch_path);
     Ok(true)

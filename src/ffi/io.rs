@@ -21,12 +21,12 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use libsqlite3_sys::{
-    SQLITE_CANTOPEN, SQLITE_FCNTL_CKPT_DONE, SQLITE_FCNTL_CKPT_START,
-    SQLITE_FCNTL_COMMIT_PHASETWO, SQLITE_FCNTL_VFSNAME, SQLITE_IOERR, SQLITE_IOERR_CLOSE,
-    SQLITE_IOERR_FSTAT, SQLITE_IOERR_LOCK, SQLITE_IOERR_READ, SQLITE_IOERR_SHMLOCK,
-    SQLITE_IOERR_SHMMAP, SQLITE_IOERR_TRUNCATE, SQLITE_IOERR_UNLOCK, SQLITE_IOERR_WRITE,
-    SQLITE_IOERR_FSYNC, SQLITE_NOTFOUND, SQLITE_OK, SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_UNLOCK,
-    sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs,
+    SQLITE_CANTOPEN, SQLITE_FCNTL_CKPT_DONE, SQLITE_FCNTL_CKPT_START, SQLITE_FCNTL_COMMIT_PHASETWO,
+    SQLITE_FCNTL_VFSNAME, SQLITE_IOERR, SQLITE_IOERR_CLOSE, SQLITE_IOERR_FSTAT, SQLITE_IOERR_FSYNC,
+    SQLITE_IOERR_LOCK, SQLITE_IOERR_READ, SQLITE_IOERR_SHMLOCK, SQLITE_IOERR_SHMMAP,
+    SQLITE_IOERR_TRUNCATE, SQLITE_IOERR_UNLOCK, SQLITE_IOERR_WRITE, SQLITE_NOTFOUND, SQLITE_OK,
+    SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_UNLOCK, sqlite3_file, sqlite3_int64, sqlite3_io_methods,
+    sqlite3_vfs,
 };
 
 use super::{api, c_str, guard, sqlite_string};
@@ -122,19 +122,33 @@ pub fn state_of_file(f: *mut sqlite3_file) -> Option<Arc<DbState>> {
 /// Runs a capture step under the capture lock and publishes its outcome; a panic inside becomes
 /// a reported loss (resync), never an error for SQLite.
 fn capture(state: &DbState, f: impl FnOnce(&mut Capture) -> Outcome) {
-    let out = guard(Outcome { sealed: None, lost: Some("internal error (panic) in capture".into()) }, || {
-        let mut cap = lock(&state.capture);
-        let out = f(&mut cap);
-        // Publish while holding the capture lock so records are published in sequence order.
-        state.publish(Outcome { sealed: out.sealed, lost: None });
-        Outcome { sealed: None, lost: out.lost }
-    });
+    let out = guard(
+        Outcome {
+            sealed: None,
+            lost: Some("internal error (panic) in capture".into()),
+        },
+        || {
+            let mut cap = lock(&state.capture);
+            let out = f(&mut cap);
+            // Publish while holding the capture lock so records are published in sequence order.
+            state.publish(Outcome {
+                sealed: out.sealed,
+                lost: None,
+            });
+            Outcome {
+                sealed: None,
+                lost: out.lost,
+            }
+        },
+    );
     state.publish(out);
 }
 
 fn uri_names(name: *const c_char) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(key) = api().and_then(|a| a.uri_key) else { return out };
+    let Some(key) = api().and_then(|a| a.uri_key) else {
+        return out;
+    };
     if super::libversion_number() < 3_031_000 {
         return out;
     }
@@ -258,10 +272,16 @@ unsafe extern "C" fn noop_close(_f: *mut sqlite3_file) -> c_int {
 /// `f` must be an opened real file.
 unsafe fn read_real(f: *mut sqlite3_file, buf: &mut [u8], off: i64) -> c_int {
     // SAFETY: `f` is open; its method table is valid.
-    let Some(read) = (unsafe { (*(*f).pMethods).xRead }) else { return SQLITE_IOERR_READ };
+    let Some(read) = (unsafe { (*(*f).pMethods).xRead }) else {
+        return SQLITE_IOERR_READ;
+    };
     // SAFETY: `buf` is a valid writable buffer of the given length.
     let rc = unsafe { read(f, buf.as_mut_ptr() as *mut c_void, buf.len() as c_int, off) };
-    if rc == libsqlite3_sys::SQLITE_IOERR_SHORT_READ { SQLITE_OK } else { rc }
+    if rc == libsqlite3_sys::SQLITE_IOERR_SHORT_READ {
+        SQLITE_OK
+    } else {
+        rc
+    }
 }
 
 /// Finds or creates the state of the main database being opened.
@@ -329,11 +349,23 @@ unsafe extern "C" fn x_close(f: *mut sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn x_read(f: *mut sqlite3_file, buf: *mut c_void, amt: c_int, off: sqlite3_int64) -> c_int {
-    guard(SQLITE_IOERR_READ, || call!(f, xRead, SQLITE_IOERR_READ, buf, amt, off))
+unsafe extern "C" fn x_read(
+    f: *mut sqlite3_file,
+    buf: *mut c_void,
+    amt: c_int,
+    off: sqlite3_int64,
+) -> c_int {
+    guard(SQLITE_IOERR_READ, || {
+        call!(f, xRead, SQLITE_IOERR_READ, buf, amt, off)
+    })
 }
 
-unsafe extern "C" fn x_write(f: *mut sqlite3_file, buf: *const c_void, amt: c_int, off: sqlite3_int64) -> c_int {
+unsafe extern "C" fn x_write(
+    f: *mut sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    off: sqlite3_int64,
+) -> c_int {
     guard(SQLITE_IOERR_WRITE, || {
         let rc = call!(f, xWrite, SQLITE_IOERR_WRITE, buf, amt, off);
         if rc == SQLITE_OK && amt > 0 && off >= 0 {
@@ -366,15 +398,36 @@ unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_
 }
 
 unsafe extern "C" fn x_sync(f: *mut sqlite3_file, flags: c_int) -> c_int {
-    guard(SQLITE_IOERR_FSYNC, || call!(f, xSync, SQLITE_IOERR_FSYNC, flags))
+    guard(SQLITE_IOERR_FSYNC, || {
+        call!(f, xSync, SQLITE_IOERR_FSYNC, flags)
+    })
 }
 
 unsafe extern "C" fn x_file_size(f: *mut sqlite3_file, size: *mut sqlite3_int64) -> c_int {
-    guard(SQLITE_IOERR_FSTAT, || call!(f, xFileSize, SQLITE_IOERR_FSTAT, size))
+    guard(SQLITE_IOERR_FSTAT, || {
+        call!(f, xFileSize, SQLITE_IOERR_FSTAT, size)
+    })
 }
 
 unsafe extern "C" fn x_lock(f: *mut sqlite3_file, level: c_int) -> c_int {
-    guard(SQLITE_IOERR_LOCK, || call!(f, xLock, SQLITE_IOERR_LOCK, level))
+    guard(SQLITE_IOERR_LOCK, || {
+        call!(f, xLock, SQLITE_IOERR_LOCK, level)
+    })
+}
+
+/// Reads the current database header from the real main-db file (for records that did not write
+/// page 1).
+///
+/// # Safety
+/// `f` must be an opened main-db wrapper.
+unsafe fn header_reader(
+    f: *mut sqlite3_file,
+) -> impl FnMut() -> Option<[u8; crate::dbheader::HEADER_LEN]> {
+    move || {
+        let mut h = [0u8; crate::dbheader::HEADER_LEN];
+        // SAFETY: `f` is an opened wrapper (caller's contract), so its real file is open.
+        (unsafe { read_real(real(f), &mut h, 0) } == SQLITE_OK).then_some(h)
+    }
 }
 
 unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
@@ -382,15 +435,21 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
         // Seal before the lock is released so the record is ordered before the next writer's.
         // SAFETY: opened wrapper.
         if unsafe { role_of(f) } == Role::MainDb {
+            // SAFETY: opened main-db wrapper.
+            let mut header = unsafe { header_reader(f) };
             // SAFETY: opened wrapper.
-            capture(unsafe { state_of(f) }, |c| c.on_db_unlock(level));
+            capture(unsafe { state_of(f) }, |c| {
+                c.on_db_unlock(level, &mut header)
+            });
         }
         call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level)
     })
 }
 
 unsafe extern "C" fn x_check_reserved_lock(f: *mut sqlite3_file, out: *mut c_int) -> c_int {
-    guard(SQLITE_IOERR, || call!(f, xCheckReservedLock, SQLITE_IOERR, out))
+    guard(SQLITE_IOERR, || {
+        call!(f, xCheckReservedLock, SQLITE_IOERR, out)
+    })
 }
 
 unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
@@ -415,7 +474,9 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             // Sent only for commits, after the commit is durable and still under the lock.
             // Never fail it: the transaction is already committed.
             SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb => {
-                capture(state, |c| c.on_commit_phase_two());
+                // SAFETY: opened main-db wrapper.
+                let mut header = unsafe { header_reader(f) };
+                capture(state, |c| c.on_commit_phase_two(&mut header));
             }
             SQLITE_FCNTL_VFSNAME if rc == SQLITE_OK && !arg.is_null() => {
                 let slot = arg as *mut *mut c_char;
@@ -456,21 +517,28 @@ unsafe extern "C" fn x_shm_map(
     extend: c_int,
     pp: *mut *mut c_void,
 ) -> c_int {
-    guard(SQLITE_IOERR_SHMMAP, || call!(f, xShmMap, SQLITE_IOERR_SHMMAP, region, size, extend, pp))
+    guard(SQLITE_IOERR_SHMMAP, || {
+        call!(f, xShmMap, SQLITE_IOERR_SHMMAP, region, size, extend, pp)
+    })
 }
 
-unsafe extern "C" fn x_shm_lock(f: *mut sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+unsafe extern "C" fn x_shm_lock(
+    f: *mut sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
     guard(SQLITE_IOERR_SHMLOCK, || {
-        let rc = call!(f, xShmLock, SQLITE_IOERR_SHMLOCK, offset, n, flags);
-        // Slot 0 is the WAL write lock; its release ends a write transaction (after the commit
-        // was published in the wal-index).
+        // Slot 0 is the WAL write lock; its release ends a write transaction, after SQLite has
+        // published the commit in the wal-index. Seal *before* forwarding the release, so the
+        // record takes its sequence number while no other writer (any process) can commit.
         let write_unlock = flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE) && offset == 0;
         // SAFETY: opened wrapper.
-        if rc == SQLITE_OK && write_unlock && unsafe { role_of(f) } == Role::MainDb {
+        if write_unlock && unsafe { role_of(f) } == Role::MainDb {
             // SAFETY: opened wrapper.
             capture(unsafe { state_of(f) }, |c| c.on_wal_write_unlock());
         }
-        rc
+        call!(f, xShmLock, SQLITE_IOERR_SHMLOCK, offset, n, flags)
     })
 }
 
@@ -482,7 +550,12 @@ unsafe extern "C" fn x_shm_unmap(f: *mut sqlite3_file, delete: c_int) -> c_int {
     guard(SQLITE_IOERR, || call!(f, xShmUnmap, SQLITE_OK, delete))
 }
 
-unsafe extern "C" fn x_fetch(f: *mut sqlite3_file, off: sqlite3_int64, amt: c_int, pp: *mut *mut c_void) -> c_int {
+unsafe extern "C" fn x_fetch(
+    f: *mut sqlite3_file,
+    off: sqlite3_int64,
+    amt: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
     guard(SQLITE_IOERR_READ, || {
         let rc = call!(f, xFetch, SQLITE_OK, off, amt, pp);
         rc
@@ -510,8 +583,16 @@ const fn methods(version: c_int) -> sqlite3_io_methods {
         xDeviceCharacteristics: Some(x_device_characteristics),
         xShmMap: if version >= 2 { Some(x_shm_map) } else { None },
         xShmLock: if version >= 2 { Some(x_shm_lock) } else { None },
-        xShmBarrier: if version >= 2 { Some(x_shm_barrier) } else { None },
-        xShmUnmap: if version >= 2 { Some(x_shm_unmap) } else { None },
+        xShmBarrier: if version >= 2 {
+            Some(x_shm_barrier)
+        } else {
+            None
+        },
+        xShmUnmap: if version >= 2 {
+            Some(x_shm_unmap)
+        } else {
+            None
+        },
         xFetch: if version >= 3 { Some(x_fetch) } else { None },
         xUnfetch: if version >= 3 { Some(x_unfetch) } else { None },
     }

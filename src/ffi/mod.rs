@@ -55,7 +55,10 @@ pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| e.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            log(libsqlite3_sys::SQLITE_INTERNAL, &format!("spoolvfs: internal error: {what}"));
+            log(
+                libsqlite3_sys::SQLITE_INTERNAL,
+                &format!("spoolvfs: internal error: {what}"),
+            );
             on_panic
         }
     }
@@ -63,8 +66,12 @@ pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
 
 /// Writes to SQLite's error log (`sqlite3_log`), which applications can route anywhere.
 pub fn log(code: c_int, msg: &str) {
-    let Some(f) = api().and_then(|a| a.log) else { return };
-    let Ok(text) = CString::new(msg.replace('\0', " ")) else { return };
+    let Some(f) = api().and_then(|a| a.log) else {
+        return;
+    };
+    let Ok(text) = CString::new(msg.replace('\0', " ")) else {
+        return;
+    };
     // SAFETY: `sqlite3_log` is variadic with a printf format; "%s" consumes exactly the one
     // NUL-terminated string we pass, which outlives the call.
     unsafe { f(code, c"%s".as_ptr(), text.as_ptr()) };
@@ -84,8 +91,12 @@ pub unsafe fn c_str(p: *const c_char) -> Option<String> {
 
 /// Allocates `s` with `sqlite3_malloc` (via mprintf) for handing ownership to SQLite.
 pub fn sqlite_string(s: &str) -> *mut c_char {
-    let Some(mprintf) = api().and_then(|a| a.mprintf) else { return std::ptr::null_mut() };
-    let Ok(text) = CString::new(s.replace('\0', " ")) else { return std::ptr::null_mut() };
+    let Some(mprintf) = api().and_then(|a| a.mprintf) else {
+        return std::ptr::null_mut();
+    };
+    let Ok(text) = CString::new(s.replace('\0', " ")) else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: "%s" with one NUL-terminated argument; the result is SQLite-owned memory.
     unsafe { mprintf(c"%s".as_ptr(), text.as_ptr()) }
 }

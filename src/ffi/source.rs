@@ -37,7 +37,9 @@ impl UnixSource {
         use std::os::unix::ffi::OsStrExt;
         // SAFETY: `root` is the registered unix VFS.
         let r = unsafe { root.as_ref() }.ok_or_else(|| io::Error::other("no unix VFS"))?;
-        let open = r.xOpen.ok_or_else(|| io::Error::other("unix VFS lacks xOpen"))?;
+        let open = r
+            .xOpen
+            .ok_or_else(|| io::Error::other("unix VFS lacks xOpen"))?;
         let words = (r.szOsFile.max(8) as usize).div_ceil(8);
         let mut mem = vec![0u64; words];
         let mut name = vec![0u8; 4];
@@ -58,9 +60,15 @@ impl UnixSource {
         };
         // SAFETY: reading the pMethods field SQLite's xOpen set (or left null).
         let has_methods = unsafe { !(*file).pMethods.is_null() };
-        let src = UnixSource { mem, _name: name, open: has_methods };
+        let src = UnixSource {
+            mem,
+            _name: name,
+            open: has_methods,
+        };
         if rc != SQLITE_OK {
-            return Err(io::Error::other(format!("opening the source for reading failed (code {rc})")));
+            return Err(io::Error::other(format!(
+                "opening the source for reading failed (code {rc})"
+            )));
         }
         Ok(Box::new(src))
     }
@@ -76,24 +84,36 @@ impl SourceReader for UnixSource {
         // SAFETY: the file is open (constructor succeeded), so pMethods is valid.
         let read = unsafe { (*(*f).pMethods).xRead }.ok_or_else(|| io::Error::other("no xRead"))?;
         // SAFETY: `buf` is writable for its length; offset fits i64 for any real database.
-        let rc = unsafe { read(f, buf.as_mut_ptr() as *mut c_void, buf.len() as c_int, offset as i64) };
+        let rc = unsafe {
+            read(
+                f,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len() as c_int,
+                offset as i64,
+            )
+        };
         match rc {
             SQLITE_OK => Ok(buf.len()),
             // unix zero-fills the rest of a short read.
             SQLITE_IOERR_SHORT_READ => Ok(0),
-            rc => Err(io::Error::other(format!("reading the source failed (code {rc})"))),
+            rc => Err(io::Error::other(format!(
+                "reading the source failed (code {rc})"
+            ))),
         }
     }
 
     fn size(&mut self) -> io::Result<u64> {
         let f = self.file();
         // SAFETY: the file is open.
-        let size_fn = unsafe { (*(*f).pMethods).xFileSize }.ok_or_else(|| io::Error::other("no xFileSize"))?;
+        let size_fn = unsafe { (*(*f).pMethods).xFileSize }
+            .ok_or_else(|| io::Error::other("no xFileSize"))?;
         let mut size: sqlite3_int64 = 0;
         // SAFETY: valid out pointer.
         let rc = unsafe { size_fn(f, &mut size) };
         if rc != SQLITE_OK {
-            return Err(io::Error::other(format!("sizing the source failed (code {rc})")));
+            return Err(io::Error::other(format!(
+                "sizing the source failed (code {rc})"
+            )));
         }
         Ok(size.max(0) as u64)
     }

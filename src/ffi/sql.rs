@@ -20,7 +20,9 @@ const DEFAULT_SYNC_MS: i64 = 60_000;
 const RESYNC_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 fn result_error(ctx: *mut sqlite3_context, msg: &str) {
-    let Some(f) = api().and_then(|a| a.result_error) else { return };
+    let Some(f) = api().and_then(|a| a.result_error) else {
+        return;
+    };
     let text = CString::new(msg.replace('\0', " ")).unwrap_or_default();
     // SAFETY: `ctx` is the live context of this call; -1 = NUL-terminated; SQLite copies the text.
     unsafe { f(ctx, text.as_ptr(), -1) };
@@ -34,7 +36,9 @@ fn result_int(ctx: *mut sqlite3_context, v: i32) {
 }
 
 fn result_text(ctx: *mut sqlite3_context, s: &str) {
-    let Some(f) = api().and_then(|a| a.result_text) else { return };
+    let Some(f) = api().and_then(|a| a.result_text) else {
+        return;
+    };
     let p = super::sqlite_string(s);
     // SAFETY: `p` is sqlite3_malloc'd (or null); handing ownership with sqlite3_free as destructor.
     unsafe { f(ctx, p, -1, api().and_then(|a| a.free)) };
@@ -43,14 +47,21 @@ fn result_text(ctx: *mut sqlite3_context, s: &str) {
 /// The tracked state of the calling connection's main database.
 fn state_of_ctx(ctx: *mut sqlite3_context) -> Result<Arc<DbState>, String> {
     let a = api().ok_or("SQLite API not initialised")?;
-    let db_handle = a.context_db_handle.ok_or("host lacks sqlite3_context_db_handle")?;
+    let db_handle = a
+        .context_db_handle
+        .ok_or("host lacks sqlite3_context_db_handle")?;
     let fc = a.file_control.ok_or("host lacks sqlite3_file_control")?;
     // SAFETY: live context.
     let db = unsafe { db_handle(ctx) };
     let mut file: *mut sqlite3_file = std::ptr::null_mut();
     // SAFETY: FILE_POINTER writes the top-level sqlite3_file* of "main" into `file`.
     let rc = unsafe {
-        fc(db, c"main".as_ptr(), SQLITE_FCNTL_FILE_POINTER, &mut file as *mut _ as *mut c_void)
+        fc(
+            db,
+            c"main".as_ptr(),
+            SQLITE_FCNTL_FILE_POINTER,
+            &mut file as *mut _ as *mut c_void,
+        )
     };
     if rc != SQLITE_OK {
         return Err("cannot reach the main database file".into());
@@ -61,7 +72,9 @@ fn state_of_ctx(ctx: *mut sqlite3_context) -> Result<Arc<DbState>, String> {
 
 /// Current journal mode of `main`, by asking SQLite.
 fn journal_mode(db: *mut sqlite3) -> String {
-    let Some(a) = api() else { return "unknown".into() };
+    let Some(a) = api() else {
+        return "unknown".into();
+    };
     let (Some(prepare), Some(step), Some(col), Some(fin)) =
         (a.prepare_v2, a.step, a.column_text, a.finalize)
     else {
@@ -70,7 +83,13 @@ fn journal_mode(db: *mut sqlite3) -> String {
     let mut stmt: *mut sqlite3_stmt = std::ptr::null_mut();
     // SAFETY: valid db handle and NUL-terminated SQL; `stmt` receives the statement.
     let rc = unsafe {
-        prepare(db, c"PRAGMA main.journal_mode".as_ptr(), -1, &mut stmt, std::ptr::null_mut())
+        prepare(
+            db,
+            c"PRAGMA main.journal_mode".as_ptr(),
+            -1,
+            &mut stmt,
+            std::ptr::null_mut(),
+        )
     };
     if rc != SQLITE_OK || stmt.is_null() {
         return "unknown".into();
@@ -87,7 +106,11 @@ fn journal_mode(db: *mut sqlite3) -> String {
     mode.unwrap_or_else(|| "unknown".into())
 }
 
-unsafe extern "C" fn fn_status(ctx: *mut sqlite3_context, _n: c_int, _args: *mut *mut sqlite3_value) {
+unsafe extern "C" fn fn_status(
+    ctx: *mut sqlite3_context,
+    _n: c_int,
+    _args: *mut *mut sqlite3_value,
+) {
     guard((), || match state_of_ctx(ctx) {
         Ok(state) => {
             let db = api()
@@ -105,7 +128,9 @@ unsafe extern "C" fn fn_sync(ctx: *mut sqlite3_context, n: c_int, args: *mut *mu
     guard((), || {
         let mut ms = DEFAULT_SYNC_MS;
         if n >= 1 {
-            let Some(v) = api().and_then(|a| a.value_int64) else { return };
+            let Some(v) = api().and_then(|a| a.value_int64) else {
+                return;
+            };
             // SAFETY: SQLite passes `n` valid value pointers.
             ms = unsafe { v(*args) };
         }
@@ -119,22 +144,35 @@ unsafe extern "C" fn fn_sync(ctx: *mut sqlite3_context, n: c_int, args: *mut *mu
     })
 }
 
-unsafe extern "C" fn fn_resync(ctx: *mut sqlite3_context, _n: c_int, _args: *mut *mut sqlite3_value) {
+unsafe extern "C" fn fn_resync(
+    ctx: *mut sqlite3_context,
+    _n: c_int,
+    _args: *mut *mut sqlite3_value,
+) {
     guard((), || match state_of_ctx(ctx) {
         Ok(state) => {
             if state.resync(RESYNC_WAIT) {
                 result_int(ctx, 1);
             } else {
                 let err = crate::dbstate::lock(&state.progress).last_error.clone();
-                result_error(ctx, &format!("spool_resync failed: {}", err.unwrap_or_default()));
+                result_error(
+                    ctx,
+                    &format!("spool_resync failed: {}", err.unwrap_or_default()),
+                );
             }
         }
         Err(e) => result_error(ctx, &e),
     })
 }
 
-unsafe extern "C" fn fn_version(ctx: *mut sqlite3_context, _n: c_int, _args: *mut *mut sqlite3_value) {
-    guard((), || result_text(ctx, concat!("spoolvfs ", env!("CARGO_PKG_VERSION"))))
+unsafe extern "C" fn fn_version(
+    ctx: *mut sqlite3_context,
+    _n: c_int,
+    _args: *mut *mut sqlite3_value,
+) {
+    guard((), || {
+        result_text(ctx, concat!("spoolvfs ", env!("CARGO_PKG_VERSION")))
+    })
 }
 
 type SqlFn = unsafe extern "C" fn(*mut sqlite3_context, c_int, *mut *mut sqlite3_value);

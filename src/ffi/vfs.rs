@@ -122,12 +122,27 @@ unsafe extern "C" fn x_open(
         }
         // SAFETY: `file` points to szOsFile bytes of SQLite-owned memory; `name` is SQLite's
         // filename, valid until xClose.
-        unsafe { io::open_tracked(root_ptr(), name, file, flags, out_flags, kind == SQLITE_OPEN_WAL) }
+        unsafe {
+            io::open_tracked(
+                root_ptr(),
+                name,
+                file,
+                flags,
+                out_flags,
+                kind == SQLITE_OPEN_WAL,
+            )
+        }
     })
 }
 
-unsafe extern "C" fn x_delete(_vfs: *mut sqlite3_vfs, name: *const c_char, sync_dir: c_int) -> c_int {
-    guard(SQLITE_ERROR, || forward!(xDelete, SQLITE_ERROR, name, sync_dir))
+unsafe extern "C" fn x_delete(
+    _vfs: *mut sqlite3_vfs,
+    name: *const c_char,
+    sync_dir: c_int,
+) -> c_int {
+    guard(SQLITE_ERROR, || {
+        forward!(xDelete, SQLITE_ERROR, name, sync_dir)
+    })
 }
 
 unsafe extern "C" fn x_access(
@@ -136,7 +151,9 @@ unsafe extern "C" fn x_access(
     flags: c_int,
     res: *mut c_int,
 ) -> c_int {
-    guard(SQLITE_ERROR, || forward!(xAccess, SQLITE_ERROR, name, flags, res))
+    guard(SQLITE_ERROR, || {
+        forward!(xAccess, SQLITE_ERROR, name, flags, res)
+    })
 }
 
 unsafe extern "C" fn x_full_pathname(
@@ -145,11 +162,15 @@ unsafe extern "C" fn x_full_pathname(
     n: c_int,
     out: *mut c_char,
 ) -> c_int {
-    guard(SQLITE_ERROR, || forward!(xFullPathname, SQLITE_ERROR, name, n, out))
+    guard(SQLITE_ERROR, || {
+        forward!(xFullPathname, SQLITE_ERROR, name, n, out)
+    })
 }
 
 unsafe extern "C" fn x_dl_open(_vfs: *mut sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    guard(std::ptr::null_mut(), || forward!(xDlOpen, std::ptr::null_mut(), name))
+    guard(std::ptr::null_mut(), || {
+        forward!(xDlOpen, std::ptr::null_mut(), name)
+    })
 }
 
 unsafe extern "C" fn x_dl_error(_vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) {
@@ -184,8 +205,13 @@ unsafe extern "C" fn x_get_last_error(_vfs: *mut sqlite3_vfs, n: c_int, out: *mu
     guard(0, || forward!(xGetLastError, 0, n, out))
 }
 
-unsafe extern "C" fn x_current_time_int64(_vfs: *mut sqlite3_vfs, out: *mut sqlite3_int64) -> c_int {
-    guard(SQLITE_ERROR, || forward!(xCurrentTimeInt64, SQLITE_ERROR, out))
+unsafe extern "C" fn x_current_time_int64(
+    _vfs: *mut sqlite3_vfs,
+    out: *mut sqlite3_int64,
+) -> c_int {
+    guard(SQLITE_ERROR, || {
+        forward!(xCurrentTimeInt64, SQLITE_ERROR, out)
+    })
 }
 
 unsafe extern "C" fn x_set_system_call(
@@ -193,15 +219,25 @@ unsafe extern "C" fn x_set_system_call(
     name: *const c_char,
     f: sqlite3_syscall_ptr,
 ) -> c_int {
-    guard(SQLITE_ERROR, || forward!(xSetSystemCall, SQLITE_ERROR, name, f))
+    guard(SQLITE_ERROR, || {
+        forward!(xSetSystemCall, SQLITE_ERROR, name, f)
+    })
 }
 
-unsafe extern "C" fn x_get_system_call(_vfs: *mut sqlite3_vfs, name: *const c_char) -> sqlite3_syscall_ptr {
+unsafe extern "C" fn x_get_system_call(
+    _vfs: *mut sqlite3_vfs,
+    name: *const c_char,
+) -> sqlite3_syscall_ptr {
     guard(None, || forward!(xGetSystemCall, None, name))
 }
 
-unsafe extern "C" fn x_next_system_call(_vfs: *mut sqlite3_vfs, name: *const c_char) -> *const c_char {
-    guard(std::ptr::null(), || forward!(xNextSystemCall, std::ptr::null(), name))
+unsafe extern "C" fn x_next_system_call(
+    _vfs: *mut sqlite3_vfs,
+    name: *const c_char,
+) -> *const c_char {
+    guard(std::ptr::null(), || {
+        forward!(xNextSystemCall, std::ptr::null(), name)
+    })
 }
 
 /// Logs a message prefixed with the VFS name (used by the io layer too).

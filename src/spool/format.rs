@@ -64,6 +64,9 @@ pub struct CommitInfo {
     pub token: u64,
     /// WAL only: number of frames in the WAL up to and including the commit frame.
     pub wal_frames: u64,
+    /// WAL only: index of the transaction's first frame (the previous commit's `wal_frames` when
+    /// nothing was lost in between).
+    pub wal_first_frame: u64,
 }
 
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
@@ -141,7 +144,12 @@ pub fn decode_entry_header(h: &[u8]) -> Option<EntryHeader> {
     if !ok_len || get_u32(h, 20) != 0 {
         return None;
     }
-    Some(EntryHeader { kind, payload_len, arg: get_u64(h, 8), crc: get_u32(h, 16) })
+    Some(EntryHeader {
+        kind,
+        payload_len,
+        arg: get_u64(h, 8),
+        crc: get_u32(h, 16),
+    })
 }
 
 /// True if `payload` matches the CRC of the entry whose header bytes are `h`.
@@ -166,6 +174,7 @@ pub fn encode_commit(info: &CommitInfo) -> [u8; COMMIT_PAYLOAD_LEN] {
     put_u64(&mut p, 24, info.sealed_us);
     put_u64(&mut p, 32, info.token);
     put_u64(&mut p, 40, info.wal_frames);
+    put_u64(&mut p, 48, info.wal_first_frame);
     p
 }
 
@@ -193,6 +202,7 @@ pub fn decode_commit(p: &[u8]) -> Option<CommitInfo> {
         sealed_us: get_u64(p, 24),
         token: get_u64(p, 32),
         wal_frames: get_u64(p, 40),
+        wal_first_frame: get_u64(p, 48),
     })
 }
 
@@ -210,6 +220,7 @@ mod tests {
             sealed_us: 123,
             token: 0xdead_beef,
             wal_frames: 42,
+            wal_first_frame: 40,
         }
     }
 

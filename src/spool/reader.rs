@@ -62,7 +62,10 @@ impl SegmentReader {
         let mut h = [0u8; SEGMENT_HEADER_LEN];
         file.read_exact_at(&mut h, 0)?;
         if format::decode_segment_header(&h) != Some(no) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad spool segment header"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad spool segment header",
+            ));
         }
         Ok(SegmentReader {
             no,
@@ -102,7 +105,11 @@ impl SegmentReader {
     /// Reads whole sealed records from the cursor, up to `limit` (exclusive end position; `None`
     /// reads to the end of the file), stopping once at least `max_pages` pages were collected
     /// (always at least one record when one is available).
-    pub fn read_records(&mut self, limit: Option<u64>, max_pages: usize) -> io::Result<ReadOutcome> {
+    pub fn read_records(
+        &mut self,
+        limit: Option<u64>,
+        max_pages: usize,
+    ) -> io::Result<ReadOutcome> {
         let mut out = ReadOutcome::default();
         let mut pages: Vec<PageRef> = Vec::new();
         let mut pos = self.pos;
@@ -178,8 +185,9 @@ impl SegmentReader {
 
 #[cfg(test)]
 mod tests {
+    use super::super::control::Control;
     use super::super::format::{RecordKind, SourceMode};
-    use super::super::writer::SpoolWriter;
+    use super::super::writer::{SealedPos, SpoolWriter};
     use super::*;
 
     fn dir(name: &str) -> std::path::PathBuf {
@@ -199,51 +207,94 @@ mod tests {
             sealed_us: 1,
             token: 2,
             wal_frames: 0,
+            wal_first_frame: 0,
         }
     }
 
     #[test]
     fn writes_then_reads_records_and_ignores_unsealed_tail() {
         let d = dir("roundtrip");
-        let mut w = SpoolWriter::new(d.clone(), 1, false, u64::MAX);
-        w.append_page(0, &[1u8; 512]).unwrap();
-        w.append_page(512, &[2u8; 512]).unwrap();
-        let p1 = w.seal(10, &info(2)).unwrap();
-        w.append_page(1024, &[3u8; 512]).unwrap();
-        let p2 = w.seal(11, &info(1)).unwrap();
-        // An aborted transaction leaves nothing behind.
-        w.append_page(0, &[9u8; 512]).unwrap();
-        w.abort().unwrap();
-        // An unsealed transaction that reached the file (rotate flushes) is not returned.
-        w.append_page(1536, &[4u8; 512]).unwrap();
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        w.append_page(&c, 0, &[1u8; 512]).unwrap();
+        w.append_page(&c, 512, &[2u8; 512]).unwrap();
+        let (s1, p1) = w.seal(&c, &info(2)).unwrap();
+        w.append_page(&c, 1024, &[3u8; 512]).unwrap();
+        let (s2, p2) = w.seal(&c, &info(1)).unwrap();
+        assert_eq!((s1, s2), (1, 2));
+        assert_eq!(c.sealed().pos, p2);
+        // An aborted transaction leaves nothing readable behind, and the next one overwrites it.
+        w.append_page(&c, 0, &[9u8; 512]).unwrap();
+        w.abort();
         assert_eq!(p1.segment, p2.segment);
 
         let mut r = SegmentReader::open(&d, 1).unwrap();
         let out = r.read_records(Some(p2.end), usize::MAX).unwrap();
         assert!(!out.torn);
         assert_eq!(out.records.len(), 2);
-        assert_eq!(out.records[0].seq, 10);
+        assert_eq!(out.records[0].seq, 1);
         assert_eq!(out.records[0].pages.len(), 2);
         assert_eq!(out.records[1].pages[0].offset, 1024);
         let mut img = [0u8; 512];
-        r.file.read_exact_at(&mut img, out.records[1].pages[0].payload_pos).unwrap();
+        r.file
+            .read_exact_at(&mut img, out.records[1].pages[0].payload_pos)
+            .unwrap();
         assert_eq!(img, [3u8; 512]);
         assert_eq!(r.pos, p2.end);
-        // Reading on finds nothing new.
         let again = r.read_records(Some(p2.end), usize::MAX).unwrap();
         assert!(again.records.is_empty());
     }
 
     #[test]
+    fn two_writers_share_one_stream_in_order() {
+        let d = dir("shared");
+        let c1 = Control::open(&d).unwrap();
+        let c2 = Control::open(&d).unwrap();
+        let mut a = SpoolWriter::new(d.clone(), false, 2000);
+        let mut b = SpoolWriter::new(d.clone(), false, 2000);
+        let mut last = SealedPos::default();
+        for i in 0..6u8 {
+            let (w, c) = if i % 2 == 0 {
+                (&mut a, &c1)
+            } else {
+                (&mut b, &c2)
+            };
+            w.append_page(c, 0, &[i; 512]).unwrap();
+            last = w.seal(c, &info(1)).unwrap().1;
+        }
+        // Rotation at 2000 bytes: the stream spans several segments, read in order.
+        assert!(last.segment > 1);
+        let mut seqs = Vec::new();
+        for n in 1..=last.segment {
+            let mut r = SegmentReader::open(&d, n).unwrap();
+            let limit = (n == last.segment).then_some(last.end);
+            let out = r.read_records(limit, usize::MAX).unwrap();
+            for rec in out.records {
+                let mut img = [0u8; 512];
+                r.file
+                    .read_exact_at(&mut img, rec.pages[0].payload_pos)
+                    .unwrap();
+                assert_eq!(img[0] as u64, rec.seq - 1);
+                seqs.push(rec.seq);
+            }
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
     fn corrupted_sealed_data_is_reported_torn() {
         let d = dir("corrupt");
-        let mut w = SpoolWriter::new(d.clone(), 1, false, u64::MAX);
-        w.append_page(0, &[1u8; 512]).unwrap();
-        let p1 = w.seal(1, &info(1)).unwrap();
-        w.append_page(0, &[2u8; 512]).unwrap();
-        let p2 = w.seal(2, &info(1)).unwrap();
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        w.append_page(&c, 0, &[1u8; 512]).unwrap();
+        let (_, p1) = w.seal(&c, &info(1)).unwrap();
+        w.append_page(&c, 0, &[2u8; 512]).unwrap();
+        let (_, p2) = w.seal(&c, &info(1)).unwrap();
         // Flip a byte of the second record's page image.
-        let f = std::fs::OpenOptions::new().write(true).open(segment_path(&d, 1)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment_path(&d, 1))
+            .unwrap();
         f.write_all_at(&[0xEE], p1.end + 30).unwrap();
         let mut r = SegmentReader::open(&d, 1).unwrap();
         let out = r.read_records(Some(p2.end), usize::MAX).unwrap();
@@ -255,26 +306,24 @@ mod tests {
         let out = r.read_records(Some(p2.end), usize::MAX).unwrap();
         assert_eq!(out.records.len(), 1);
         assert!(out.torn);
-        // Without a limit, an unsealed tail is not an error once the file simply ends.
-        let mut r = SegmentReader::open(&d, 1).unwrap();
-        r.read_records(None, usize::MAX).unwrap();
     }
 
     #[test]
     fn max_pages_splits_between_records() {
         let d = dir("split");
-        let mut w = SpoolWriter::new(d.clone(), 3, false, u64::MAX);
-        let mut last = Default::default();
-        for i in 0..5u64 {
-            w.append_page(0, &[i as u8; 512]).unwrap();
-            w.append_page(512, &[i as u8; 512]).unwrap();
-            last = w.seal(i, &info(2)).unwrap();
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        let mut last = SealedPos::default();
+        for i in 0..5u8 {
+            w.append_page(&c, 0, &[i; 512]).unwrap();
+            w.append_page(&c, 512, &[i; 512]).unwrap();
+            last = w.seal(&c, &info(2)).unwrap().1;
         }
-        let mut r = SegmentReader::open(&d, 3).unwrap();
+        let mut r = SegmentReader::open(&d, 1).unwrap();
         let a = r.read_records(Some(last.end), 3).unwrap();
         assert_eq!(a.records.len(), 2);
         let b = r.read_records(Some(last.end), 100).unwrap();
         assert_eq!(b.records.len(), 3);
-        assert_eq!(b.records[2].seq, 4);
+        assert_eq!(b.records[2].seq, 5);
     }
 }

@@ -1,28 +1,33 @@
-//! Appending captured transactions to the current segment. Runs inside SQLite's VFS calls, under
-//! the capture lock, so it is the writer's hot path: a page costs one memcpy into `buf`; the
-//! buffer reaches the file (one `pwrite`) when it fills or when the transaction is sealed. No fsync
-//! unless `durable` is set: data in the OS page cache survives kill -9 of the process.
+//! Appending captured transactions to the shared segment stream. Runs inside SQLite's VFS calls,
+//! on the writer's hot path: a page costs one memcpy into `buf`; the buffer reaches the file (one
+//! `pwrite`) when it fills or when the transaction is sealed. No fsync unless `durable` is set:
+//! data in the OS page cache survives kill -9 of the process.
+//!
+//! All processes append to one stream. That is safe without a lock of our own because every
+//! capture happens while the process holds the database's write lock (EXCLUSIVE for database
+//! writes, the WAL write lock for frames): a transaction starts at the published tail (or opens
+//! the next segment when the tail's segment is full) and publishes the new tail when sealed.
 //!
 //! Invariants:
-//! - Entries of one transaction are contiguous and end with its `Commit` entry; nothing of a
-//!   transaction becomes visible to the consumer before `seal` returns (the consumer reads only up
-//!   to a sealed position).
+//! - A transaction's entries are contiguous and end with its `Commit` entry; nothing becomes
+//!   visible to consumers before `seal` publishes it in the control file.
+//! - Bytes past the published tail are garbage (an aborted or crashed transaction) that the next
+//!   transaction overwrites; readers never read past the published tail of the tail segment.
 //! - Memory is bounded by `FLUSH_AT` whatever the transaction size.
-//! - After any I/O error the current segment is abandoned (never appended to again), so a torn
-//!   entry can only be at a segment's tail; the caller records the loss and schedules a resync.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::format::{self, CommitInfo, EntryKind};
+use super::control::{Control, SealedState};
+use super::format::{self, CommitInfo, EntryKind, SEGMENT_HEADER_LEN};
 use super::segment_path;
 
 /// Buffered bytes that trigger a write to the segment file.
 const FLUSH_AT: usize = 1 << 20;
 
-/// Where the last sealed transaction ends: readers may read `segment` up to `end`.
+/// Where a sealed transaction ends: readers may read `segment` up to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SealedPos {
     pub segment: u64,
@@ -32,188 +37,178 @@ pub struct SealedPos {
 struct OpenSegment {
     no: u64,
     file: File,
-    /// Bytes already written to the file.
-    flushed: u64,
 }
 
-/// Appends transactions to segment files in one spool directory.
+/// The open transaction: where it started and how much of it reached the file.
+struct Txn {
+    segment: u64,
+    start: u64,
+    flushed: u64,
+    pages: u32,
+}
+
+/// Appends transactions to the segment stream of one spool directory.
 pub struct SpoolWriter {
     dir: PathBuf,
     durable: bool,
     rotate_at: u64,
-    next_segment: u64,
     seg: Option<OpenSegment>,
     buf: Vec<u8>,
-    /// Logical position (in the current segment) where the open transaction began.
-    txn_start: Option<u64>,
-    txn_pages: u32,
-    /// Bytes of transactions sealed by this writer (for the status report).
+    txn: Option<Txn>,
+    /// Bytes of transactions sealed by this process (for the status report).
     pub bytes_sealed: u64,
 }
 
 impl SpoolWriter {
-    /// A writer whose first segment will be number `first_segment`.
-    pub fn new(dir: PathBuf, first_segment: u64, durable: bool, rotate_at: u64) -> SpoolWriter {
+    pub fn new(dir: PathBuf, durable: bool, rotate_at: u64) -> SpoolWriter {
         SpoolWriter {
             dir,
             durable,
             rotate_at,
-            next_segment: first_segment,
             seg: None,
             buf: Vec::new(),
-            txn_start: None,
-            txn_pages: 0,
+            txn: None,
             bytes_sealed: 0,
         }
     }
 
     /// Number of page entries in the open transaction.
     pub fn open_pages(&self) -> u32 {
-        self.txn_pages
+        self.txn.as_ref().map_or(0, |t| t.pages)
     }
 
-    fn logical_end(&self) -> u64 {
-        self.seg.as_ref().map_or(0, |s| s.flushed) + self.buf.len() as u64
-    }
-
-    fn ensure_segment(&mut self) -> io::Result<()> {
-        if self.seg.is_some() {
+    fn open_segment(&mut self, no: u64, create: bool) -> io::Result<()> {
+        if !create && self.seg.as_ref().is_some_and(|s| s.no == no) {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
-        let no = self.next_segment;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(create)
+            .truncate(create)
             .open(segment_path(&self.dir, no))?;
-        self.next_segment += 1;
+        if create {
+            file.write_all_at(&format::encode_segment_header(no, crate::util::now_us()), 0)?;
+        }
+        self.seg = Some(OpenSegment { no, file });
+        Ok(())
+    }
+
+    /// Starts a transaction at the published tail (caller holds the database's write lock).
+    fn begin(&mut self, control: &Control) -> io::Result<()> {
+        if self.txn.is_some() {
+            return Ok(());
+        }
+        let tail = control.sealed().pos;
+        let (segment, start) = if tail.segment == 0 || tail.end >= self.rotate_at {
+            // Rotation happens only between transactions: no transaction spans two segments.
+            let next = tail.segment + 1;
+            self.open_segment(next, true)?;
+            (next, SEGMENT_HEADER_LEN as u64)
+        } else {
+            self.open_segment(tail.segment, false)?;
+            (tail.segment, tail.end)
+        };
         self.buf.clear();
-        self.buf.extend_from_slice(&format::encode_segment_header(no, crate::util::now_us()));
-        self.seg = Some(OpenSegment { no, file, flushed: 0 });
+        self.txn = Some(Txn {
+            segment,
+            start,
+            flushed: 0,
+            pages: 0,
+        });
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let Some(seg) = self.seg.as_mut() else {
-            return Ok(());
+        let (Some(seg), Some(txn)) = (self.seg.as_ref(), self.txn.as_mut()) else {
+            return Err(io::Error::other("no open spool transaction"));
         };
         if !self.buf.is_empty() {
-            seg.file.write_all_at(&self.buf, seg.flushed)?;
-            seg.flushed += self.buf.len() as u64;
+            seg.file.write_all_at(&self.buf, txn.start + txn.flushed)?;
+            txn.flushed += self.buf.len() as u64;
             self.buf.clear();
         }
         Ok(())
     }
 
-    /// Abandons the current segment after an error: it is never appended to again.
-    pub fn abandon_segment(&mut self) {
+    /// Forgets the open transaction and the open segment after an error.
+    fn reset(&mut self) {
         self.seg = None;
         self.buf.clear();
-        self.txn_start = None;
-        self.txn_pages = 0;
+        self.txn = None;
     }
 
     /// Appends one page write of the open transaction.
-    pub fn append_page(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let r = self.append_page_inner(offset, data);
+    pub fn append_page(&mut self, control: &Control, offset: u64, data: &[u8]) -> io::Result<()> {
+        let r = self.append_inner(control, offset, data);
         if r.is_err() {
-            self.abandon_segment();
+            self.reset();
         }
         r
     }
 
-    fn append_page_inner(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.ensure_segment()?;
-        if self.txn_start.is_none() {
-            self.txn_start = Some(self.logical_end());
-        }
-        self.buf.extend_from_slice(&format::encode_entry_header(EntryKind::Page, offset, data));
+    fn append_inner(&mut self, control: &Control, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.begin(control)?;
+        self.buf
+            .extend_from_slice(&format::encode_entry_header(EntryKind::Page, offset, data));
         self.buf.extend_from_slice(data);
-        self.txn_pages += 1;
+        if let Some(t) = self.txn.as_mut() {
+            t.pages += 1;
+        }
         if self.buf.len() >= FLUSH_AT {
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Seals the open transaction with sequence number `seq`, writing it to the file.
-    pub fn seal(&mut self, seq: u64, info: &CommitInfo) -> io::Result<SealedPos> {
-        let r = self.seal_inner(seq, info);
+    /// Seals the open transaction: takes the next sequence number, writes the commit entry and
+    /// publishes the new tail. Returns the sequence number and position.
+    pub fn seal(&mut self, control: &Control, info: &CommitInfo) -> io::Result<(u64, SealedPos)> {
+        let r = self.seal_inner(control, info);
         if r.is_err() {
-            self.abandon_segment();
+            self.reset();
         }
         r
     }
 
-    fn seal_inner(&mut self, seq: u64, info: &CommitInfo) -> io::Result<SealedPos> {
-        self.ensure_segment()?;
-        let start = self.txn_start.unwrap_or_else(|| self.logical_end());
+    fn seal_inner(&mut self, control: &Control, info: &CommitInfo) -> io::Result<(u64, SealedPos)> {
+        self.begin(control)?;
+        let seq = control.next_seq();
         let payload = format::encode_commit(info);
-        self.buf.extend_from_slice(&format::encode_entry_header(EntryKind::Commit, seq, &payload));
+        self.buf.extend_from_slice(&format::encode_entry_header(
+            EntryKind::Commit,
+            seq,
+            &payload,
+        ));
         self.buf.extend_from_slice(&payload);
         self.flush()?;
-        let (no, end) = match self.seg.as_ref() {
-            Some(s) => {
-                if self.durable {
-                    s.file.sync_data()?;
-                }
-                (s.no, s.flushed)
-            }
-            None => return Err(io::Error::other("spool segment vanished while sealing")),
+        let (Some(seg), Some(txn)) = (self.seg.as_ref(), self.txn.take()) else {
+            return Err(io::Error::other("no open spool transaction"));
         };
-        self.bytes_sealed += end - start;
-        self.txn_start = None;
-        self.txn_pages = 0;
-        if end >= self.rotate_at {
-            // Rotation happens only between transactions, so no transaction spans two segments.
-            self.seg = None;
+        if self.durable {
+            seg.file.sync_data()?;
         }
-        Ok(SealedPos { segment: no, end })
+        let pos = SealedPos {
+            segment: txn.segment,
+            end: txn.start + txn.flushed,
+        };
+        if control.applied().seq + 1 == seq {
+            control.set_behind_since(info.sealed_us);
+        }
+        control.publish_sealed(SealedState {
+            seq,
+            pos,
+            sealed_us: info.sealed_us,
+        });
+        self.bytes_sealed += txn.flushed;
+        Ok((seq, pos))
     }
 
-    /// Drops the open transaction (a WAL rollback): its entries never become readable.
-    pub fn abort(&mut self) -> io::Result<()> {
-        let Some(start) = self.txn_start.take() else {
-            return Ok(());
-        };
-        self.txn_pages = 0;
-        let Some(seg) = self.seg.as_mut() else {
-            return Ok(());
-        };
-        if start >= seg.flushed {
-            self.buf.truncate((start - seg.flushed) as usize);
-            Ok(())
-        } else {
-            self.buf.clear();
-            // Part of the transaction reached the file: cut it off so the next transaction follows
-            // the last sealed one directly.
-            let r = seg.file.set_len(start);
-            match r {
-                Ok(()) => {
-                    seg.flushed = start;
-                    Ok(())
-                }
-                Err(e) => {
-                    self.abandon_segment();
-                    Err(e)
-                }
-            }
-        }
-    }
-
-    /// Closes the current segment so that the next transaction starts a new one.
-    pub fn rotate(&mut self) -> io::Result<()> {
-        if self.txn_start.is_some() {
-            return Ok(());
-        }
-        let r = self.flush();
-        self.seg = None;
-        r
-    }
-
-    /// Number the next new segment will get.
-    pub fn current_segment(&self) -> Option<u64> {
-        self.seg.as_ref().map(|s| s.no)
+    /// Drops the open transaction (a WAL rollback). Its bytes past the tail are garbage that the
+    /// next transaction overwrites.
+    pub fn abort(&mut self) {
+        self.txn = None;
+        self.buf.clear();
     }
 }

@@ -1,0 +1,414 @@
+//! The control file `<spool>/control`: the state every process using one spool shares, in a
+//! 4 KiB file mapped `MAP_SHARED` (memmap2) and accessed only through atomics.
+//!
+//! ```text
+//! off  field                 written by                      meaning
+//!   0  magic "SPOOLCT1"      first opener
+//!   8  seal_lock (seqlock)   writer holding the db lock      even = stable
+//!  16  sealed_seq            "                               last sealed sequence number
+//!  24  sealed_segment        "                               segment holding the stream tail
+//!  32  sealed_end            "                               end of the last sealed record in it
+//!  40  sealed_us             "                               seal time of the last record
+//!  48  next_seq              "                               last sequence number handed out
+//!  56  txn_owner             "                               pid with an unsealed transaction, 0
+//!  64  apply_lock (seqlock)  active consumer
+//!  72  applied_seq           "                               last record in the backup
+//!  80  applied_segment       "                               consumer cursor (for takeover)
+//!  88  applied_end           "
+//!  96  applied_us            "                               seal time of the last applied record
+//! 104  applied_token         "                               source token of the last applied
+//! 112  applied_mode_kind     "                               mode << 8 | kind of the last applied
+//! 120  applied_wal_frames    "
+//! 128  lost_gen              anyone                          bumped by every detected loss
+//! 136  resynced_gen          active consumer                 lost_gen covered by the last resync
+//! 144  resyncs               active consumer                 resyncs completed
+//! 152  consumer_pid          active consumer
+//! 160  consumer_beat_us      active consumer                 heartbeat
+//! 168  behind_since_us       writer / consumer               seal time of the oldest unapplied
+//! 256  pids[64]              each process                    processes that have the db open
+//! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
+//! ```
+//! Invariants: the sealed fields change only under the database's write lock (so one writer at a
+//! time) and are read through the seqlock; the applied fields change only in the process holding
+//! the consumer lock. A zero-filled file is a valid initial state.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+use super::writer::SealedPos;
+
+const SIZE: u64 = 4096;
+const MAGIC: u64 = u64::from_le_bytes(*b"SPOOLCT1");
+
+const SEAL_LOCK: usize = 8;
+const SEALED_SEQ: usize = 16;
+const SEALED_SEGMENT: usize = 24;
+const SEALED_END: usize = 32;
+const SEALED_US: usize = 40;
+const NEXT_SEQ: usize = 48;
+const TXN_OWNER: usize = 56;
+const APPLY_LOCK: usize = 64;
+const APPLIED_SEQ: usize = 72;
+const APPLIED_SEGMENT: usize = 80;
+const APPLIED_END: usize = 88;
+const APPLIED_US: usize = 96;
+const APPLIED_TOKEN: usize = 104;
+const APPLIED_MODE_KIND: usize = 112;
+const APPLIED_WAL_FRAMES: usize = 120;
+const LOST_GEN: usize = 128;
+const RESYNCED_GEN: usize = 136;
+const RESYNCS: usize = 144;
+const CONSUMER_PID: usize = 152;
+const CONSUMER_BEAT: usize = 160;
+const BEHIND_SINCE: usize = 168;
+const PIDS: usize = 256;
+const MAX_PIDS: usize = 64;
+const ERROR_LEN: usize = 1024;
+const ERROR_TEXT: usize = 1032;
+const ERROR_MAX: usize = 1000;
+
+/// The last sealed record, as published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SealedState {
+    pub seq: u64,
+    pub pos: SealedPos,
+    pub sealed_us: u64,
+}
+
+/// The consumer's progress, as published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppliedState {
+    pub seq: u64,
+    pub pos: SealedPos,
+    pub sealed_us: u64,
+    /// Chain data of the last applied record: token, `mode << 8 | kind`, WAL frames.
+    pub token: u64,
+    pub mode_kind: u64,
+    pub wal_frames: u64,
+}
+
+/// A mapped control file.
+pub struct Control {
+    map: MmapMut,
+    _file: File,
+}
+
+impl Control {
+    /// Opens (creating if needed) the control file of spool directory `dir`.
+    pub fn open(dir: &Path) -> io::Result<Control> {
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("control"))?;
+        if file.metadata()?.len() < SIZE {
+            // Growing with zeros is safe against a concurrent opener doing the same.
+            file.set_len(SIZE)?;
+        }
+        // SAFETY: the file is SIZE bytes and stays that size (nobody truncates it); other
+        // processes change it concurrently, which is why every access goes through atomics.
+        let map = unsafe { MmapMut::map_mut(&file) }?;
+        let c = Control { map, _file: file };
+        let magic = c.word(0).load(Ordering::Acquire);
+        if magic != MAGIC {
+            if magic != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "spool control file has a foreign format",
+                ));
+            }
+            c.word(0).store(MAGIC, Ordering::Release);
+        }
+        Ok(c)
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0 && off + 8 <= SIZE as usize);
+        let p = self.map.as_ptr().wrapping_add(off) as *const AtomicU64;
+        // SAFETY: in bounds and 8-aligned (the mapping is page-aligned, `off` a multiple of 8);
+        // the memory lives as long as `self.map`; AtomicU64 has the layout of u64 and all access
+        // to the shared mapping is atomic.
+        unsafe { &*p }
+    }
+
+    fn load(&self, off: usize) -> u64 {
+        self.word(off).load(Ordering::Acquire)
+    }
+
+    fn store(&self, off: usize, v: u64) {
+        self.word(off).store(v, Ordering::Release)
+    }
+
+    /// Hands out the next sequence number (caller holds the database's write lock).
+    pub fn next_seq(&self) -> u64 {
+        self.word(NEXT_SEQ).fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn seq_write(&self, lock: usize, f: impl FnOnce()) {
+        let g = self.word(lock);
+        g.fetch_add(1, Ordering::AcqRel);
+        f();
+        g.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn seq_read<T>(&self, lock: usize, f: impl Fn() -> T) -> T {
+        loop {
+            let a = self.load(lock);
+            if a % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let v = f();
+            if self.load(lock) == a {
+                return v;
+            }
+        }
+    }
+
+    /// Publishes a sealed record (caller holds the database's write lock).
+    pub fn publish_sealed(&self, s: SealedState) {
+        self.seq_write(SEAL_LOCK, || {
+            self.store(SEALED_SEQ, s.seq);
+            self.store(SEALED_SEGMENT, s.pos.segment);
+            self.store(SEALED_END, s.pos.end);
+            self.store(SEALED_US, s.sealed_us);
+        });
+    }
+
+    /// The last sealed record (seq 0: none yet).
+    pub fn sealed(&self) -> SealedState {
+        self.seq_read(SEAL_LOCK, || SealedState {
+            seq: self.load(SEALED_SEQ),
+            pos: SealedPos {
+                segment: self.load(SEALED_SEGMENT),
+                end: self.load(SEALED_END),
+            },
+            sealed_us: self.load(SEALED_US),
+        })
+    }
+
+    /// Publishes the consumer's progress.
+    pub fn publish_applied(&self, a: AppliedState) {
+        self.seq_write(APPLY_LOCK, || {
+            self.store(APPLIED_SEQ, a.seq);
+            self.store(APPLIED_SEGMENT, a.pos.segment);
+            self.store(APPLIED_END, a.pos.end);
+            self.store(APPLIED_US, a.sealed_us);
+            self.store(APPLIED_TOKEN, a.token);
+            self.store(APPLIED_MODE_KIND, a.mode_kind);
+            self.store(APPLIED_WAL_FRAMES, a.wal_frames);
+        });
+    }
+
+    pub fn applied(&self) -> AppliedState {
+        self.seq_read(APPLY_LOCK, || AppliedState {
+            seq: self.load(APPLIED_SEQ),
+            pos: SealedPos {
+                segment: self.load(APPLIED_SEGMENT),
+                end: self.load(APPLIED_END),
+            },
+            sealed_us: self.load(APPLIED_US),
+            token: self.load(APPLIED_TOKEN),
+            mode_kind: self.load(APPLIED_MODE_KIND),
+            wal_frames: self.load(APPLIED_WAL_FRAMES),
+        })
+    }
+
+    /// Seal time of the oldest record not yet applied (0 when caught up); approximate.
+    pub fn behind_since(&self) -> u64 {
+        self.load(BEHIND_SINCE)
+    }
+
+    pub fn set_behind_since(&self, us: u64) {
+        self.store(BEHIND_SINCE, us)
+    }
+
+    /// Clears the transaction owner if it is still `pid` (a dead process).
+    pub fn clear_txn_owner_if(&self, pid: u64) -> bool {
+        self.word(TXN_OWNER)
+            .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Pid of the process with an unsealed transaction (0: none).
+    pub fn txn_owner(&self) -> u64 {
+        self.load(TXN_OWNER)
+    }
+
+    pub fn set_txn_owner(&self, pid: u64) {
+        self.store(TXN_OWNER, pid)
+    }
+
+    /// Records a loss; returns the new generation.
+    pub fn bump_lost(&self) -> u64 {
+        self.word(LOST_GEN).fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn lost_gen(&self) -> u64 {
+        self.load(LOST_GEN)
+    }
+
+    pub fn resynced_gen(&self) -> u64 {
+        self.load(RESYNCED_GEN)
+    }
+
+    /// A resync covering losses up to `gen_` completed.
+    pub fn finish_resync(&self, gen_: u64) {
+        self.store(RESYNCED_GEN, gen_);
+        self.word(RESYNCS).fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn resyncs(&self) -> u64 {
+        self.load(RESYNCS)
+    }
+
+    pub fn set_consumer(&self, pid: u64, beat_us: u64) {
+        self.store(CONSUMER_PID, pid);
+        self.store(CONSUMER_BEAT, beat_us);
+    }
+
+    pub fn consumer(&self) -> (u64, u64) {
+        (self.load(CONSUMER_PID), self.load(CONSUMER_BEAT))
+    }
+
+    /// Registers `pid` as a user of the database; false if the table is full (then the process
+    /// still works; only the "is anyone else alive" check becomes conservative).
+    pub fn register_pid(&self, pid: u64) -> bool {
+        for i in 0..MAX_PIDS {
+            let w = self.word(PIDS + 8 * i);
+            let cur = w.load(Ordering::Acquire);
+            if cur == pid {
+                return true;
+            }
+            if (cur == 0 || !pid_alive(cur))
+                && w.compare_exchange(cur, pid, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn unregister_pid(&self, pid: u64) {
+        for i in 0..MAX_PIDS {
+            let _ = self.word(PIDS + 8 * i).compare_exchange(
+                pid,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// True if a process other than `me` that registered is still alive.
+    pub fn others_alive(&self, me: u64) -> bool {
+        (0..MAX_PIDS).any(|i| {
+            let p = self.load(PIDS + 8 * i);
+            p != 0 && p != me && pid_alive(p)
+        })
+    }
+
+    /// Stores the consumer's last error (truncated), empty to clear.
+    pub fn set_error(&self, msg: &str) {
+        let bytes = msg.as_bytes();
+        let n = bytes.len().min(ERROR_MAX);
+        self.store(ERROR_LEN, 0);
+        for (i, chunk) in bytes[..n].chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.store(ERROR_TEXT + 8 * i, u64::from_le_bytes(w));
+        }
+        self.store(ERROR_LEN, n as u64);
+    }
+
+    /// The consumer's last error, if any (best effort: may be torn while being rewritten).
+    pub fn error(&self) -> Option<String> {
+        let n = (self.load(ERROR_LEN) as usize).min(ERROR_MAX);
+        if n == 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n + 8);
+        for i in 0..n.div_ceil(8) {
+            out.extend_from_slice(&self.load(ERROR_TEXT + 8 * i).to_le_bytes());
+        }
+        out.truncate(n);
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// True if process `pid` exists (signal 0 probe; EPERM still means it exists).
+pub fn pid_alive(pid: u64) -> bool {
+    if pid == 0 || pid > i32::MAX as u64 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence and permission; it sends nothing.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("spoolvfs-ctl-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn state_is_shared_between_mappings() {
+        let d = dir("shared");
+        let a = Control::open(&d).unwrap();
+        let b = Control::open(&d).unwrap();
+        assert_eq!(a.next_seq(), 1);
+        assert_eq!(b.next_seq(), 2);
+        let s = SealedState {
+            seq: 2,
+            pos: SealedPos {
+                segment: 3,
+                end: 99,
+            },
+            sealed_us: 7,
+        };
+        a.publish_sealed(s);
+        assert_eq!(b.sealed(), s);
+        b.set_error("disk full");
+        assert_eq!(a.error().as_deref(), Some("disk full"));
+        b.set_error("");
+        assert_eq!(a.error(), None);
+        assert_eq!(a.bump_lost(), 1);
+        b.finish_resync(1);
+        assert_eq!((a.resynced_gen(), a.resyncs()), (1, 1));
+    }
+
+    #[test]
+    fn pid_table_and_liveness() {
+        let d = dir("pids");
+        let c = Control::open(&d).unwrap();
+        let me = std::process::id() as u64;
+        assert!(c.register_pid(me));
+        assert!(!c.others_alive(me));
+        // pid 1 always exists.
+        assert!(c.register_pid(1));
+        assert!(c.others_alive(me));
+        c.unregister_pid(1);
+        assert!(!c.others_alive(me));
+        assert!(!pid_alive(0));
+    }
+
+    #[test]
+    fn foreign_file_is_rejected() {
+        let d = dir("foreign");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("control"), vec![0xAB; 4096]).unwrap();
+        assert!(Control::open(&d).is_err());
+    }
+}
