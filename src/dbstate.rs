@@ -200,7 +200,10 @@ pub mod registry {
     use std::collections::HashMap;
     use std::path::PathBuf;
 
-    static REGISTRY: Mutex<Option<HashMap<PathBuf, (Arc<DbState>, usize)>>> = Mutex::new(None);
+    /// Open main-database files per database.
+    type Entries = HashMap<PathBuf, (Arc<DbState>, usize)>;
+
+    static REGISTRY: Mutex<Option<Entries>> = Mutex::new(None);
 
     /// Returns the state of `cfg.db`, creating it (and its consumer) with `create` on first use.
     pub fn acquire(

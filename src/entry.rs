@@ -75,7 +75,8 @@ pub unsafe extern "C" fn sqlite3_spoolvfs_init(
             return rc;
         }
         if !db.is_null() {
-            let rc = sql::register_functions(db);
+            // SAFETY: `db` is the live connection that is loading us.
+            let rc = unsafe { sql::register_functions(db) };
             if rc != SQLITE_OK {
                 set_error(pz_err, "spoolvfs: registering SQL functions failed");
                 return rc;

@@ -348,13 +348,16 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Records read from one segment file.
+type SegmentRecords = (Arc<File>, Vec<Record>);
+
 /// Sealed records from position `from` up to `to` (inclusive end), grouped by segment file.
 /// `None` when something published as sealed is missing or damaged.
 fn read_range(
     dir: &std::path::Path,
     from: SealedPos,
     to: SealedPos,
-) -> io::Result<Option<Vec<(Arc<File>, Vec<Record>)>>> {
+) -> io::Result<Option<Vec<SegmentRecords>>> {
     let mut out = Vec::new();
     let segments: Vec<u64> = list_segments(dir)?
         .into_iter()

@@ -52,7 +52,7 @@ pub struct SpoolFile {
 }
 
 // The real file must start 8-byte aligned right after the wrapper.
-const _: () = assert!(size_of::<SpoolFile>() % 8 == 0);
+const _: () = assert!(size_of::<SpoolFile>().is_multiple_of(8));
 
 /// Bytes our wrapper adds to the underlying VFS's `szOsFile`.
 pub fn wrapper_size() -> c_int {
@@ -94,18 +94,25 @@ unsafe fn role_of(f: *mut sqlite3_file) -> Role {
 }
 
 /// True if `f` is a file opened by this VFS (its method table is one of ours).
-pub fn is_ours(f: *const sqlite3_file) -> bool {
+///
+/// # Safety
+/// `f` must be null or point to a live `sqlite3_file`.
+pub unsafe fn is_ours(f: *const sqlite3_file) -> bool {
     if f.is_null() {
         return false;
     }
-    // SAFETY: `f` is a non-null sqlite3_file handed to us by SQLite.
+    // SAFETY: non-null and live by the caller's contract.
     let m = unsafe { (*f).pMethods };
     std::ptr::eq(m, &IO_V1) || std::ptr::eq(m, &IO_V2) || std::ptr::eq(m, &IO_V3)
 }
 
 /// The database state behind a file returned by `SQLITE_FCNTL_FILE_POINTER`, if it is ours.
-pub fn state_of_file(f: *mut sqlite3_file) -> Option<Arc<DbState>> {
-    if !is_ours(f) {
+///
+/// # Safety
+/// `f` must be null or point to a live `sqlite3_file`.
+pub unsafe fn state_of_file(f: *mut sqlite3_file) -> Option<Arc<DbState>> {
+    // SAFETY: forwarded contract.
+    if !unsafe { is_ours(f) } {
         return None;
     }
     // SAFETY: ours and opened (a method table is set only after a successful open).
@@ -194,7 +201,8 @@ pub unsafe fn open_tracked(
             Some(f) if super::libversion_number() >= 3_032_000 => unsafe { f(name) },
             _ => std::ptr::null_mut(),
         };
-        state_of_file(owner)
+        // SAFETY: null, or the pager's live main-db file object.
+        unsafe { state_of_file(owner) }
     } else {
         None
     };
@@ -309,7 +317,8 @@ unsafe fn main_db_state(
             unsafe { fs(real_file, &mut size) };
         }
         crate::consumer::start(cfg.clone(), &page1, size.max(0) as u64, || {
-            super::source::UnixSource::open(root, &cfg.db)
+            // SAFETY: `root` is the registered unix VFS.
+            unsafe { super::source::UnixSource::open(root, &cfg.db) }
         })
     })
 }
@@ -557,8 +566,7 @@ unsafe extern "C" fn x_fetch(
     pp: *mut *mut c_void,
 ) -> c_int {
     guard(SQLITE_IOERR_READ, || {
-        let rc = call!(f, xFetch, SQLITE_OK, off, amt, pp);
-        rc
+        call!(f, xFetch, SQLITE_OK, off, amt, pp)
     })
 }
 

@@ -33,7 +33,10 @@ unsafe impl Send for UnixSource {}
 
 impl UnixSource {
     /// Opens `path` read-only through `root` (the unix VFS).
-    pub fn open(root: *mut sqlite3_vfs, path: &Path) -> io::Result<Box<dyn SourceReader>> {
+    ///
+    /// # Safety
+    /// `root` must be null or the registered unix VFS.
+    pub unsafe fn open(root: *mut sqlite3_vfs, path: &Path) -> io::Result<Box<dyn SourceReader>> {
         use std::os::unix::ffi::OsStrExt;
         // SAFETY: `root` is the registered unix VFS.
         let r = unsafe { root.as_ref() }.ok_or_else(|| io::Error::other("no unix VFS"))?;

@@ -66,7 +66,8 @@ fn state_of_ctx(ctx: *mut sqlite3_context) -> Result<Arc<DbState>, String> {
     if rc != SQLITE_OK {
         return Err("cannot reach the main database file".into());
     }
-    io::state_of_file(file)
+    // SAFETY: null or the live top-level file object of "main".
+    unsafe { io::state_of_file(file) }
         .ok_or_else(|| "the main database was not opened with vfs=spool (spoolvfs)".to_string())
 }
 
@@ -178,7 +179,10 @@ unsafe extern "C" fn fn_version(
 type SqlFn = unsafe extern "C" fn(*mut sqlite3_context, c_int, *mut *mut sqlite3_value);
 
 /// Registers the SQL functions on `db`.
-pub fn register_functions(db: *mut sqlite3) -> c_int {
+///
+/// # Safety
+/// `db` must be a live connection handle.
+pub unsafe fn register_functions(db: *mut sqlite3) -> c_int {
     let Some(create) = api().and_then(|a| a.create_function_v2) else {
         return libsqlite3_sys::SQLITE_ERROR;
     };
@@ -212,10 +216,16 @@ pub fn register_functions(db: *mut sqlite3) -> c_int {
 }
 
 /// Auto-extension entry: SQLite calls it for every connection opened after the load.
+///
+/// # Safety
+/// Called by SQLite with a live connection handle.
 pub unsafe extern "C" fn auto_register(
     db: *mut sqlite3,
     _err: *mut *mut c_char,
     _api: *const sqlite3_api_routines,
 ) -> c_int {
-    guard(libsqlite3_sys::SQLITE_ERROR, || register_functions(db))
+    // SAFETY: SQLite passes the live connection being opened.
+    guard(libsqlite3_sys::SQLITE_ERROR, || unsafe {
+        register_functions(db)
+    })
 }

@@ -129,7 +129,7 @@ impl Control {
     }
 
     fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0 && off + 8 <= SIZE as usize);
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= SIZE as usize);
         let p = self.map.as_ptr().wrapping_add(off) as *const AtomicU64;
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned, `off` a multiple of 8);
         // the memory lives as long as `self.map`; AtomicU64 has the layout of u64 and all access

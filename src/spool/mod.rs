@@ -23,10 +23,11 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".seg") {
-            if let Ok(n) = stem.parse::<u64>() {
-                out.push(n);
-            }
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push(n);
         }
     }
     out.sort_unstable();
