@@ -18,6 +18,10 @@
 //! The database size of a record comes from the page-1 header (rollback) or the commit frame
 //! (WAL), never from the file size (the unix VFS resizes files invisibly inside file controls).
 //!
+//! Events carry the identity of the connection (its main-database file object) that caused them:
+//! only the connection that wrote a transaction can seal or drop it. Another connection of this
+//! process releasing its own lock, or running a checkpoint, must not touch it.
+//!
 //! Invariant: a record is sealed only with every page write of its transaction in it. When that
 //! cannot be guaranteed (a spool write failed, a WAL write we cannot attribute), `lost` is set and
 //! the consumer must resync; the open record is dropped.
@@ -85,6 +89,9 @@ struct WalTxn {
 /// layer when a transaction did not write page 1).
 pub type HeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; dbheader::HEADER_LEN]>;
 
+/// Identifies a connection: the address of its main-database file object.
+pub type ConnId = usize;
+
 /// Capture state of one database, shared by all its connections in this process.
 pub struct Capture {
     pub spool: SpoolWriter,
@@ -93,7 +100,8 @@ pub struct Capture {
     rollback: RollbackTxn,
     wal: WalTxn,
     wal_header: Option<WalHeader>,
-    checkpoints: u32,
+    /// Connection whose transaction is open.
+    txn_conn: Option<ConnId>,
     /// Size of the database in pages and its page size after the last sealed record.
     db_pages: u64,
     page_size: u32,
@@ -116,7 +124,7 @@ impl Capture {
             rollback: RollbackTxn::default(),
             wal: WalTxn::default(),
             wal_header: None,
-            checkpoints: 0,
+            txn_conn: None,
             db_pages,
             page_size,
             change_counter: dbheader::change_counter(page1).unwrap_or(0),
@@ -132,10 +140,19 @@ impl Capture {
     /// claims the shared "transaction open" slot. Finding it held by a dead process means that
     /// process was killed with a transaction open, possibly after it committed and before it
     /// sealed: the backup may miss a committed change.
-    fn begin_txn(&mut self) -> Option<String> {
+    fn begin_txn(&mut self, conn: ConnId) -> Option<String> {
         if self.txn_open() {
+            if self.txn_conn != Some(conn) {
+                // Impossible under SQLite's locking (one writer at a time); if it happens anyway
+                // the records cannot be trusted.
+                self.drop_open();
+                self.txn_conn = Some(conn);
+                self.control.set_txn_owner(self.pid);
+                return Some("two connections wrote at once".to_string());
+            }
             return None;
         }
+        self.txn_conn = Some(conn);
         let owner = self.control.txn_owner();
         let mut lost = None;
         if owner != 0 && owner != self.pid && !pid_alive(owner) {
@@ -147,7 +164,13 @@ impl Capture {
     }
 
     fn end_txn(&mut self) {
+        self.txn_conn = None;
         self.control.clear_txn_owner_if(self.pid);
+    }
+
+    /// True unless another connection's transaction is open.
+    fn owns(&self, conn: ConnId) -> bool {
+        self.txn_conn.is_none_or(|c| c == conn)
     }
 
     fn drop_open(&mut self) {
@@ -166,12 +189,10 @@ impl Capture {
 
     // ---- main database file -------------------------------------------------------------------
 
-    /// A write to the main database file.
-    pub fn on_db_write(&mut self, offset: u64, data: &[u8]) -> Outcome {
-        if self.checkpoints > 0 {
-            return Outcome::default();
-        }
-        let lost = self.begin_txn();
+    /// A write to the main database file by connection `conn` (never a checkpoint copy: the VFS
+    /// layer does not report those).
+    pub fn on_db_write(&mut self, conn: ConnId, offset: u64, data: &[u8]) -> Outcome {
+        let lost = self.begin_txn(conn);
         if let Err(e) = self.spool.append_page(&self.control, offset, data) {
             return self.failed("capturing a database write", e);
         }
@@ -187,17 +208,11 @@ impl Capture {
         Outcome { sealed: None, lost }
     }
 
-    /// `SQLITE_FCNTL_CKPT_START` / `CKPT_DONE`.
-    pub fn on_checkpoint(&mut self, started: bool) {
-        if started {
-            self.checkpoints += 1;
-        } else {
-            self.checkpoints = self.checkpoints.saturating_sub(1);
-        }
-    }
-
     /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
-    pub fn on_commit_phase_two(&mut self, header: HeaderReader) -> Outcome {
+    pub fn on_commit_phase_two(&mut self, conn: ConnId, header: HeaderReader) -> Outcome {
+        if !self.owns(conn) {
+            return Outcome::default();
+        }
         if self.wal.first_slot.is_some() {
             return self.finish_wal_txn();
         }
@@ -208,12 +223,10 @@ impl Capture {
     }
 
     /// `xUnlock` of the main database file to `level`.
-    pub fn on_db_unlock(&mut self, level: i32, header: HeaderReader) -> Outcome {
-        if level > libsqlite3_sys::SQLITE_LOCK_SHARED {
+    pub fn on_db_unlock(&mut self, conn: ConnId, level: i32, header: HeaderReader) -> Outcome {
+        if level > libsqlite3_sys::SQLITE_LOCK_SHARED || !self.owns(conn) {
             return Outcome::default();
         }
-        // Checkpoint brackets never outlive the lock.
-        self.checkpoints = 0;
         if self.rollback.active {
             return self.seal_rollback(RecordKind::Rollback, header);
         }
@@ -282,8 +295,8 @@ impl Capture {
         }
     }
 
-    /// A write to the WAL file.
-    pub fn on_wal_write(&mut self, offset: u64, data: &[u8]) -> Outcome {
+    /// A write to the WAL file by connection `conn`.
+    pub fn on_wal_write(&mut self, conn: ConnId, offset: u64, data: &[u8]) -> Outcome {
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
         match wal::classify(page_size, offset) {
             WalRegion::Header => {
@@ -299,14 +312,14 @@ impl Capture {
                 ))
             }
             WalRegion::FrameHeader(slot) if data.len() as u64 == wal::WAL_FRAME_HEADER_LEN => {
-                self.on_frame_header(slot, data)
+                self.on_frame_header(conn, slot, data)
             }
             WalRegion::FrameData(slot) if data.len() as u32 == page_size => {
                 let Some(&pgno) = self.wal.slot_pgno.get(&slot) else {
                     self.drop_open();
                     return Outcome::lost(format!("WAL frame {slot} written without its header"));
                 };
-                let lost = self.begin_txn();
+                let lost = self.begin_txn(conn);
                 if self.wal.first_slot.is_none() {
                     self.wal.first_slot = Some(slot);
                 }
@@ -326,12 +339,14 @@ impl Capture {
         }
     }
 
-    fn on_frame_header(&mut self, slot: u64, data: &[u8]) -> Outcome {
+    fn on_frame_header(&mut self, conn: ConnId, slot: u64, data: &[u8]) -> Outcome {
         let Some(fh) = FrameHeader::parse(data) else {
             return Outcome::default();
         };
         let mut out = Outcome::default();
-        if let Some(first) = self.wal.first_slot {
+        if !self.owns(conn) {
+            // begin_txn below reports the impossible case of two writers.
+        } else if let Some(first) = self.wal.first_slot {
             if self.wal.commit.is_none() && slot < first {
                 // Exclusive locking mode has no write-lock release: a frame written before the
                 // open transaction's first frame means that transaction was rolled back.
@@ -345,7 +360,7 @@ impl Capture {
             }
         }
         if out.lost.is_none() {
-            out.lost = self.begin_txn();
+            out.lost = self.begin_txn(conn);
         }
         self.wal.slot_pgno.insert(slot, fh.pgno);
         self.wal.max_slot = self.wal.max_slot.max(slot);
@@ -367,8 +382,8 @@ impl Capture {
     }
 
     /// The WAL write lock was released (`xShmLock` UNLOCK of slot 0).
-    pub fn on_wal_write_unlock(&mut self) -> Outcome {
-        if self.wal.first_slot.is_some() {
+    pub fn on_wal_write_unlock(&mut self, conn: ConnId) -> Outcome {
+        if self.wal.first_slot.is_some() && self.owns(conn) {
             return self.finish_wal_txn();
         }
         Outcome::default()
@@ -434,17 +449,17 @@ mod tests {
     #[test]
     fn rollback_commit_is_sealed_with_header_size() {
         let (mut c, d) = capture("rb");
-        c.on_db_write(0, &page1(1024, 5, 3));
-        c.on_db_write(2048, &[7u8; 1024]);
+        c.on_db_write(1, 0, &page1(1024, 5, 3));
+        c.on_db_write(1, 2048, &[7u8; 1024]);
         assert!(c.txn_open());
-        let out = c.on_commit_phase_two(&mut no_header);
+        let out = c.on_commit_phase_two(1, &mut no_header);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.db_size, 3 * 1024);
         assert_eq!(s.info.n_pages, 2);
         assert_eq!(s.info.kind, RecordKind::Commit);
         assert!(!c.txn_open());
         // Unlock after commit seals nothing more.
-        assert!(c.on_db_unlock(1, &mut no_header).sealed.is_none());
+        assert!(c.on_db_unlock(1, 1, &mut no_header).sealed.is_none());
         let mut r = SegmentReader::open(&d, 1).unwrap();
         assert_eq!(
             r.read_records(Some(s.pos.end), 100).unwrap().records.len(),
@@ -455,31 +470,45 @@ mod tests {
     #[test]
     fn spill_then_rollback_is_sealed_as_rollback() {
         let (mut c, _d) = capture("spill");
-        c.on_db_write(0, &page1(1024, 5, 3));
-        c.on_commit_phase_two(&mut no_header);
-        c.on_db_write(4096, &[1u8; 1024]); // spill
-        let out = c.on_db_unlock(1, &mut no_header);
+        c.on_db_write(1, 0, &page1(1024, 5, 3));
+        c.on_commit_phase_two(1, &mut no_header);
+        c.on_db_write(1, 4096, &[1u8; 1024]); // spill
+        let out = c.on_db_unlock(1, 1, &mut no_header);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.kind, RecordKind::Rollback);
         assert_eq!(s.info.db_size, 3 * 1024);
     }
 
     #[test]
-    fn checkpoint_writes_are_not_captured() {
-        let (mut c, _d) = capture("ckpt");
-        c.on_checkpoint(true);
-        c.on_db_write(0, &page1(1024, 5, 3));
-        c.on_checkpoint(false);
-        assert!(!c.txn_open());
+    fn other_connections_cannot_seal_or_drop_a_transaction() {
+        let (mut c, d) = capture("conns");
+        // Connection 1 spills a page of an open WAL transaction...
+        let wal = build_wal(512, &[(1, 0, 1), (2, 3, 2)], (1, 2));
+        c.on_wal_write(1, 0, &wal[..32]);
+        c.on_wal_write(1, 32, &wal[32..56]);
+        c.on_wal_write(1, 56, &wal[56..568]);
+        // ...while connection 2 ends its read transaction and releases its locks.
+        assert!(c.on_db_unlock(2, 0, &mut no_header).sealed.is_none());
+        assert!(c.on_wal_write_unlock(2).sealed.is_none());
+        assert!(c.on_commit_phase_two(2, &mut no_header).sealed.is_none());
+        assert!(c.txn_open());
+        // Connection 1 commits: both frames are in the record.
+        c.on_wal_write(1, 568, &wal[568..592]);
+        c.on_wal_write(1, 592, &wal[592..1104]);
+        let s = c.on_wal_write_unlock(1).sealed.unwrap();
+        assert_eq!(s.info.n_pages, 2);
+        assert_eq!(s.info.wal_first_frame, 0);
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        assert_eq!(r.read_records(None, 100).unwrap().records[0].pages.len(), 2);
     }
 
     fn wal_writes(c: &mut Capture, wal: &[u8], page_size: usize) {
-        c.on_wal_write(0, &wal[..32]);
+        c.on_wal_write(1, 0, &wal[..32]);
         let frame = 24 + page_size;
         let mut at = 32;
         while at + frame <= wal.len() {
-            c.on_wal_write(at as u64, &wal[at..at + 24]);
-            c.on_wal_write((at + 24) as u64, &wal[at + 24..at + frame]);
+            c.on_wal_write(1, at as u64, &wal[at..at + 24]);
+            c.on_wal_write(1, (at + 24) as u64, &wal[at + 24..at + frame]);
             at += frame;
         }
     }
@@ -489,17 +518,17 @@ mod tests {
         let (mut c, d) = capture("wal");
         let wal = build_wal(512, &[(1, 0, 1), (2, 3, 2)], (1, 2));
         wal_writes(&mut c, &wal, 512);
-        let s = c.on_wal_write_unlock().sealed.unwrap();
+        let s = c.on_wal_write_unlock(1).sealed.unwrap();
         assert_eq!(s.info.db_size, 3 * 512);
         assert_eq!(s.info.n_pages, 2);
         assert_eq!(s.info.wal_frames, 2);
         // Next transaction writes a frame and rolls back.
         let more = build_wal(512, &[(1, 0, 1), (2, 3, 2), (3, 0, 9)], (1, 2));
         let at = 32 + 2 * (24 + 512);
-        c.on_wal_write(at as u64, &more[at..at + 24]);
-        c.on_wal_write((at + 24) as u64, &more[at + 24..at + 24 + 512]);
+        c.on_wal_write(1, at as u64, &more[at..at + 24]);
+        c.on_wal_write(1, (at + 24) as u64, &more[at + 24..at + 24 + 512]);
         assert!(c.txn_open());
-        assert!(c.on_wal_write_unlock().sealed.is_none());
+        assert!(c.on_wal_write_unlock(1).sealed.is_none());
         assert!(!c.txn_open());
         let mut r = SegmentReader::open(&d, 1).unwrap();
         let got = r.read_records(None, 100).unwrap();
@@ -511,8 +540,8 @@ mod tests {
     fn wal_data_without_header_is_reported_lost() {
         let (mut c, _d) = capture("walhole");
         let wal = build_wal(512, &[(1, 1, 1)], (1, 2));
-        c.on_wal_write(0, &wal[..32]);
-        let out = c.on_wal_write(56, &wal[56..56 + 512]);
+        c.on_wal_write(1, 0, &wal[..32]);
+        let out = c.on_wal_write(1, 56, &wal[56..56 + 512]);
         assert!(out.lost.is_some());
     }
 }

@@ -10,6 +10,8 @@
 //!   │  base.pMethods → IO_V{1,2,3} │  pMethods → unix io methods   │
 //!   │  state: *const DbState (Arc) │                               │
 //!   │  role: MainDb | Wal          │                               │
+//!   │  checkpointing (main db)     │                               │
+//!   │  conn: owning main-db object │                               │
 //!   └──────────────────────────────┴───────────────────────────────┘
 //! ```
 //! Invariants: `base.pMethods` is non-null only after the real open succeeded (SQLite calls
@@ -30,7 +32,7 @@ use libsqlite3_sys::{
 };
 
 use super::{api, c_str, guard, sqlite_string};
-use crate::capture::{Capture, Outcome};
+use crate::capture::{Capture, ConnId, Outcome};
 use crate::config::Config;
 use crate::dbstate::{DbState, lock, registry};
 
@@ -48,7 +50,12 @@ pub struct SpoolFile {
     base: sqlite3_file,
     state: *const DbState,
     role: Role,
-    _pad: u32,
+    /// Main db only: this connection is between `CKPT_START` and `CKPT_DONE`. Its db writes are
+    /// copies of frames already captured (and possibly older than what the backup holds), so they
+    /// must not be captured. Per connection: other connections keep writing meanwhile.
+    checkpointing: u32,
+    /// The connection: address of its main-db wrapper (the WAL's owner for a WAL file).
+    conn: ConnId,
 }
 
 // The real file must start 8-byte aligned right after the wrapper.
@@ -84,6 +91,13 @@ unsafe fn real_methods(f: *mut sqlite3_file) -> &'static sqlite3_io_methods {
 unsafe fn state_of<'a>(f: *mut sqlite3_file) -> &'a DbState {
     // SAFETY: opened wrappers hold a strong count of this Arc until xClose.
     unsafe { &*(*(f as *mut SpoolFile)).state }
+}
+
+/// # Safety
+/// `f` must be an opened wrapper.
+unsafe fn conn_of(f: *mut sqlite3_file) -> ConnId {
+    // SAFETY: by the caller's contract `f` is our wrapper.
+    unsafe { (*(f as *mut SpoolFile)).conn }
 }
 
 /// # Safety
@@ -195,8 +209,9 @@ pub unsafe fn open_tracked(
     // SAFETY: `file` is SQLite's buffer; clearing pMethods first means a failed open is never closed.
     unsafe { (*file).pMethods = std::ptr::null() };
     // Find the owner before opening: the WAL belongs to the main db whose pager opens it.
+    let mut owner: *mut sqlite3_file = std::ptr::null_mut();
     let state: Option<Arc<DbState>> = if is_wal {
-        let owner = match api().and_then(|a| a.database_file_object) {
+        owner = match api().and_then(|a| a.database_file_object) {
             // SAFETY: `name` is a WAL filename created by the pager, as this function requires.
             Some(f) if super::libversion_number() >= 3_032_000 => unsafe { f(name) },
             _ => std::ptr::null_mut(),
@@ -260,7 +275,12 @@ pub unsafe fn open_tracked(
         let w = file as *mut SpoolFile;
         (*w).state = Arc::into_raw(state);
         (*w).role = role;
-        (*w)._pad = 0;
+        (*w).checkpointing = 0;
+        (*w).conn = if role == Role::Wal {
+            owner as ConnId
+        } else {
+            file as ConnId
+        };
         (*w).base.pMethods = match (*real_m).iVersion {
             1 => &IO_V1,
             2 => &IO_V2,
@@ -381,10 +401,14 @@ unsafe extern "C" fn x_write(
             // SAFETY: SQLite's buffer holds `amt` readable bytes for the duration of the call.
             let data = unsafe { std::slice::from_raw_parts(buf as *const u8, amt as usize) };
             // SAFETY: opened wrapper.
-            let (state, role) = unsafe { (state_of(f), role_of(f)) };
+            let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
             match role {
-                Role::MainDb => capture(state, |c| c.on_db_write(off as u64, data)),
-                Role::Wal => capture(state, |c| c.on_wal_write(off as u64, data)),
+                // SAFETY: opened wrapper; reading our own field.
+                Role::MainDb if unsafe { (*(f as *mut SpoolFile)).checkpointing } == 0 => {
+                    capture(state, |c| c.on_db_write(conn, off as u64, data))
+                }
+                Role::MainDb => {}
+                Role::Wal => capture(state, |c| c.on_wal_write(conn, off as u64, data)),
             }
         }
         rc
@@ -447,9 +471,8 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
             // SAFETY: opened main-db wrapper.
             let mut header = unsafe { header_reader(f) };
             // SAFETY: opened wrapper.
-            capture(unsafe { state_of(f) }, |c| {
-                c.on_db_unlock(level, &mut header)
-            });
+            let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
+            capture(state, |c| c.on_db_unlock(conn, level, &mut header));
         }
         call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level)
     })
@@ -464,19 +487,11 @@ unsafe extern "C" fn x_check_reserved_lock(f: *mut sqlite3_file, out: *mut c_int
 unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     guard(SQLITE_NOTFOUND, || {
         // SAFETY: opened wrapper.
-        let (state, role) = unsafe { (state_of(f), role_of(f)) };
-        if role == Role::MainDb {
-            match op {
-                SQLITE_FCNTL_CKPT_START => capture(state, |c| {
-                    c.on_checkpoint(true);
-                    Outcome::default()
-                }),
-                SQLITE_FCNTL_CKPT_DONE => capture(state, |c| {
-                    c.on_checkpoint(false);
-                    Outcome::default()
-                }),
-                _ => {}
-            }
+        let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
+        if role == Role::MainDb && (op == SQLITE_FCNTL_CKPT_START || op == SQLITE_FCNTL_CKPT_DONE) {
+            let started = (op == SQLITE_FCNTL_CKPT_START) as u32;
+            // SAFETY: opened wrapper; our own field, used only under this connection's mutex.
+            unsafe { (*(f as *mut SpoolFile)).checkpointing = started };
         }
         let rc = call!(f, xFileControl, SQLITE_NOTFOUND, op, arg);
         match op {
@@ -485,7 +500,7 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb => {
                 // SAFETY: opened main-db wrapper.
                 let mut header = unsafe { header_reader(f) };
-                capture(state, |c| c.on_commit_phase_two(&mut header));
+                capture(state, |c| c.on_commit_phase_two(conn, &mut header));
             }
             SQLITE_FCNTL_VFSNAME if rc == SQLITE_OK && !arg.is_null() => {
                 let slot = arg as *mut *mut c_char;
@@ -545,7 +560,8 @@ unsafe extern "C" fn x_shm_lock(
         // SAFETY: opened wrapper.
         if write_unlock && unsafe { role_of(f) } == Role::MainDb {
             // SAFETY: opened wrapper.
-            capture(unsafe { state_of(f) }, |c| c.on_wal_write_unlock());
+            let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
+            capture(state, |c| c.on_wal_write_unlock(conn));
         }
         call!(f, xShmLock, SQLITE_IOERR_SHMLOCK, offset, n, flags)
     })
