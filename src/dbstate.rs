@@ -56,6 +56,9 @@ pub struct Progress {
     /// Pages compared and total pages of the running resync.
     pub resync_done: u64,
     pub resync_total: u64,
+    /// Source checks asked for (by `spool_sync`) and done by the active consumer here.
+    pub checks_requested: u64,
+    pub checks_done: u64,
 }
 
 /// One tracked database.
@@ -96,6 +99,8 @@ impl DbState {
                 batches: 0,
                 resync_done: 0,
                 resync_total: 0,
+                checks_requested: 0,
+                checks_done: 0,
             }),
             changed: Condvar::new(),
             doorbell: tx,
@@ -163,6 +168,27 @@ impl DbState {
     /// every loss known at the call is repaired. Returns false on timeout.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut p = lock(&self.progress);
+        if p.active && p.phase != Phase::Stopped {
+            // Let the consumer look for changes made without spoolvfs first, so that they count as
+            // "committed before the call" too.
+            p.checks_requested += 1;
+            let want = p.checks_requested;
+            drop(p);
+            self.ring();
+            p = lock(&self.progress);
+            while p.checks_done < want && p.active && Instant::now() < deadline {
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(5));
+                p = self
+                    .changed
+                    .wait_timeout(p, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        drop(p);
         let target = self.control.sealed().seq;
         let gen_ = self.control.lost_gen();
         self.ring();

@@ -16,6 +16,10 @@
 //!   the spool does not have: resync, never guess.
 //! - A segment is deleted only after every record in it is in the backup (and the backup synced).
 //! - A panic in the loop body is caught, reported, and answered with a resync.
+//! - Changes nobody captured are looked for: before each incremental apply the backup must still
+//!   be the file we last wrote (device, inode, size, header counters), and while idle the source
+//!   must still be in the state of the last applied record (change counter, committed WAL
+//!   frames). Any difference means a write made without spoolvfs: resync.
 
 mod resync;
 
@@ -47,6 +51,37 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(200);
 /// Bytes after which a segment is closed and the next transaction starts a new one.
 const ROTATE_AT: u64 = 64 << 20;
+/// How often an idle consumer checks the source for changes made without spoolvfs.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What identifies the backup file as the one we last wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    counters: [u8; 16],
+}
+
+fn fingerprint(path: &std::path::Path) -> io::Result<Option<Fingerprint>> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let m = f.metadata()?;
+    let mut counters = [0u8; 16];
+    if m.len() >= 40 {
+        f.read_exact_at(&mut counters, 24)?;
+    }
+    Ok(Some(Fingerprint {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        counters,
+    }))
+}
 
 /// Where the consumer reads next.
 struct Cursor {
@@ -64,6 +99,9 @@ struct Consumer {
     /// The consumer lock file, held (OFD write lock) while active.
     lock_file: Option<File>,
     pid: u64,
+    /// The backup as we left it after our last apply (`None`: not known yet).
+    backup_fp: Option<Fingerprint>,
+    last_check: Instant,
 }
 
 /// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
@@ -93,6 +131,8 @@ pub fn start(
         failures: 0,
         lock_file: None,
         pid,
+        backup_fp: None,
+        last_check: Instant::now(),
     };
     let handle = std::thread::Builder::new()
         .name("spoolvfs-consumer".to_string())
@@ -256,11 +296,27 @@ impl Consumer {
         }
         let sealed = c.sealed();
         let applied = c.applied();
+        let requested = lock(&self.state.progress).checks_requested;
         if applied.seq >= sealed.seq {
             c.set_behind_since(0);
             self.set_phase(Phase::Live);
+            let asked = requested > lock(&self.state.progress).checks_done;
+            if asked || self.last_check.elapsed() >= CHECK_EVERY {
+                self.last_check = Instant::now();
+                let changed = self
+                    .source_changed()
+                    .map_err(|e| format!("checking the source: {e}"))?;
+                if let Some(why) = changed {
+                    let r = self.lost(&why);
+                    self.checks_done(requested);
+                    return r;
+                }
+            }
+            self.checks_done(requested);
             return Ok(Step::Idle);
         }
+        // Busy: records follow, and the chain check on them catches foreign changes.
+        self.checks_done(requested);
         let records = self
             .read_batch(sealed.pos)
             .map_err(|e| format!("reading the spool: {e}"))?;
@@ -277,6 +333,13 @@ impl Consumer {
                 return self.lost(&why);
             }
             prev = applied_after(r);
+        }
+        if let Some(fp) = self.backup_fp {
+            let now = fingerprint(&self.state.cfg.backup)
+                .map_err(|e| format!("checking the backup: {e}"))?;
+            if now != Some(fp) {
+                return self.lost("the backup was changed, replaced or deleted outside spoolvfs");
+            }
         }
         let mut writes = WriteSet::new();
         add_records(
@@ -300,6 +363,71 @@ impl Consumer {
         }
         self.set_phase(Phase::Live);
         Ok(Step::Progress)
+    }
+
+    fn checks_done(&self, upto: u64) {
+        let mut p = lock(&self.state.progress);
+        if p.checks_done < upto {
+            p.checks_done = upto;
+            drop(p);
+            self.state.changed.notify_all();
+        }
+    }
+
+    /// Compares the source with the state after the last applied record, when nothing is pending.
+    /// `Some(reason)` when it changed without spoolvfs.
+    fn source_changed(&mut self) -> io::Result<Option<String>> {
+        let c = self.state.control.clone();
+        let a = c.applied();
+        if a.mode_kind == 0 || c.txn_owner() != 0 {
+            return Ok(None);
+        }
+        let mut hdr = [0u8; crate::dbheader::HEADER_LEN];
+        self.source.read_at(&mut hdr, 0)?;
+        let verdict = if a.mode_kind >> 8 == SourceMode::Rollback as u64 {
+            match crate::dbheader::change_counter(&hdr) {
+                _ if crate::dbheader::is_wal_format(&hdr) => {
+                    Some("the source switched to WAL mode without spoolvfs".to_string())
+                }
+                Some(n) if n != a.token as u32 && crate::dbheader::page_size(&hdr).is_some() => {
+                    Some(format!(
+                        "the source's change counter is {n}, expected {}: written without spoolvfs",
+                        a.token as u32
+                    ))
+                }
+                _ => None,
+            }
+        } else {
+            let mut wal_path = self.state.cfg.db.clone().into_os_string();
+            wal_path.push("-wal");
+            match File::open(&wal_path) {
+                Err(_) => None,
+                Ok(f) => {
+                    let scan = crate::wal::scan_committed(&f)?;
+                    match scan.header {
+                        None => None,
+                        Some(h) => {
+                            let salts = ((h.salt1 as u64) << 32) | h.salt2 as u64;
+                            if salts == a.token && scan.committed_frames > a.wal_frames {
+                                Some(format!(
+                                    "WAL frames {}..{} were committed without spoolvfs",
+                                    a.wal_frames, scan.committed_frames
+                                ))
+                            } else if salts != a.token && scan.committed_frames > 0 {
+                                Some("the WAL was restarted and written without spoolvfs".into())
+                            } else {
+                                None
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        // A writer of ours may have committed while we looked: then its record will tell.
+        if verdict.is_some() && (c.sealed().seq != a.seq || c.txn_owner() != 0) {
+            return Ok(None);
+        }
+        Ok(verdict)
     }
 
     /// Records a loss the consumer found; the next step resyncs.
@@ -389,12 +517,16 @@ impl Consumer {
             sync: true,
             fail_at: None,
         };
-        let report = apply::apply(&self.state.cfg.backup, &req, &opts).map_err(|e| {
+        let result = apply::apply(&self.state.cfg.backup, &req, &opts);
+        // Only a fingerprint taken after a successful apply vouches for the backup.
+        self.backup_fp = None;
+        let report = result.map_err(|e| {
             format!(
                 "applying to backup {}: {e}",
                 self.state.cfg.backup.display()
             )
         })?;
+        self.backup_fp = fingerprint(&self.state.cfg.backup).ok().flatten();
         let mut p = lock(&self.state.progress);
         p.bytes_applied += report.bytes_written;
         p.pages_applied += report.pages_written;
