@@ -102,6 +102,9 @@ pub struct Capture {
     wal_header: Option<WalHeader>,
     /// Connection whose transaction is open.
     txn_conn: Option<ConnId>,
+    /// The open transaction is being discarded after an internal error: ignore its events until
+    /// it ends, keeping the shared "transaction open" claim so no resync picks a point inside it.
+    discarding: bool,
     /// Size of the database in pages and its page size after the last sealed record.
     db_pages: u64,
     page_size: u32,
@@ -125,6 +128,7 @@ impl Capture {
             wal: WalTxn::default(),
             wal_header: None,
             txn_conn: None,
+            discarding: false,
             db_pages,
             page_size,
             change_counter: dbheader::change_counter(page1).unwrap_or(0),
@@ -173,6 +177,34 @@ impl Capture {
         self.txn_conn.is_none_or(|c| c == conn)
     }
 
+    /// Called after a panic inside capture for connection `conn`: the record may miss a page, so
+    /// the whole transaction is discarded (and reported lost again when it ends). If the panic
+    /// hit the event that ends the transaction (`ended`), there is nothing left to wait for.
+    pub fn poisoned(&mut self, conn: ConnId, ended: bool) {
+        self.drop_open();
+        self.discarding = false;
+        if !ended {
+            self.txn_conn = Some(conn);
+            self.discarding = true;
+            self.control.set_txn_owner(self.pid);
+        }
+    }
+
+    /// Handles an event of a transaction being discarded; `Some` when the event was consumed.
+    fn discarded_event(&mut self, conn: ConnId, ends_txn: bool) -> Option<Outcome> {
+        if !self.discarding || self.txn_conn != Some(conn) {
+            return None;
+        }
+        if ends_txn {
+            self.discarding = false;
+            self.end_txn();
+            return Some(Outcome::lost(
+                "a transaction was discarded after an internal error".into(),
+            ));
+        }
+        Some(Outcome::default())
+    }
+
     fn drop_open(&mut self) {
         self.rollback = RollbackTxn::default();
         self.wal.first_slot = None;
@@ -192,6 +224,9 @@ impl Capture {
     /// A write to the main database file by connection `conn` (never a checkpoint copy: the VFS
     /// layer does not report those).
     pub fn on_db_write(&mut self, conn: ConnId, offset: u64, data: &[u8]) -> Outcome {
+        if let Some(out) = self.discarded_event(conn, false) {
+            return out;
+        }
         let lost = self.begin_txn(conn);
         if let Err(e) = self.spool.append_page(&self.control, offset, data) {
             return self.failed("capturing a database write", e);
@@ -210,6 +245,9 @@ impl Capture {
 
     /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
     pub fn on_commit_phase_two(&mut self, conn: ConnId, header: HeaderReader) -> Outcome {
+        if let Some(out) = self.discarded_event(conn, true) {
+            return out;
+        }
         if !self.owns(conn) {
             return Outcome::default();
         }
@@ -224,7 +262,13 @@ impl Capture {
 
     /// `xUnlock` of the main database file to `level`.
     pub fn on_db_unlock(&mut self, conn: ConnId, level: i32, header: HeaderReader) -> Outcome {
-        if level > libsqlite3_sys::SQLITE_LOCK_SHARED || !self.owns(conn) {
+        if level > libsqlite3_sys::SQLITE_LOCK_SHARED {
+            return Outcome::default();
+        }
+        if let Some(out) = self.discarded_event(conn, true) {
+            return out;
+        }
+        if !self.owns(conn) {
             return Outcome::default();
         }
         if self.rollback.active {
@@ -297,6 +341,9 @@ impl Capture {
 
     /// A write to the WAL file by connection `conn`.
     pub fn on_wal_write(&mut self, conn: ConnId, offset: u64, data: &[u8]) -> Outcome {
+        if let Some(out) = self.discarded_event(conn, false) {
+            return out;
+        }
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
         match wal::classify(page_size, offset) {
             WalRegion::Header => {
@@ -383,6 +430,9 @@ impl Capture {
 
     /// The WAL write lock was released (`xShmLock` UNLOCK of slot 0).
     pub fn on_wal_write_unlock(&mut self, conn: ConnId) -> Outcome {
+        if let Some(out) = self.discarded_event(conn, true) {
+            return out;
+        }
         if self.wal.first_slot.is_some() && self.owns(conn) {
             return self.finish_wal_txn();
         }
@@ -543,5 +593,21 @@ mod tests {
         c.on_wal_write(1, 0, &wal[..32]);
         let out = c.on_wal_write(1, 56, &wal[56..56 + 512]);
         assert!(out.lost.is_some());
+    }
+
+    #[test]
+    fn a_poisoned_transaction_is_discarded_and_reported_at_its_end() {
+        let (mut c, _d) = capture("poison");
+        c.on_db_write(1, 0, &page1(1024, 5, 3));
+        c.poisoned(1, false);
+        assert!(c.on_db_write(1, 1024, &[1u8; 1024]).lost.is_none());
+        // Another connection's events do not end it.
+        assert!(c.on_db_unlock(2, 0, &mut no_header).lost.is_none());
+        let out = c.on_commit_phase_two(1, &mut no_header);
+        assert!(out.sealed.is_none());
+        assert!(out.lost.is_some());
+        // The next transaction is captured normally.
+        c.on_db_write(1, 0, &page1(1024, 6, 3));
+        assert!(c.on_commit_phase_two(1, &mut no_header).sealed.is_some());
     }
 }

@@ -43,6 +43,7 @@ pub unsafe extern "C" fn sqlite3_spoolvfs_init(
             return SQLITE_ERROR;
         }
         ffi::set_api(p_api);
+        ffi::install_panic_hook();
         if let Err(e) = vfs::register() {
             set_error(pz_err, &format!("spoolvfs: {e}"));
             return SQLITE_ERROR;

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod dbheader;
 pub mod dbstate;
 pub mod entry;
+pub mod faults;
 pub mod ffi;
 pub mod spool;
 pub mod status;

@@ -274,6 +274,9 @@ impl Consumer {
     }
 
     fn step(&mut self) -> Result<Step, String> {
+        if crate::faults::active("consumer_panic") {
+            panic!("injected consumer panic");
+        }
         if !self.try_activate()? {
             self.set_phase(Phase::Live);
             return Ok(Step::Idle);
@@ -517,7 +520,10 @@ impl Consumer {
             sync: true,
             fail_at: None,
         };
-        let result = apply::apply(&self.state.cfg.backup, &req, &opts);
+        let result = match crate::faults::io_error("backup_eio", libc::EIO) {
+            Some(e) => Err(e),
+            None => apply::apply(&self.state.cfg.backup, &req, &opts),
+        };
         // Only a fingerprint taken after a successful apply vouches for the backup.
         self.backup_fp = None;
         let report = result.map_err(|e| {

@@ -140,28 +140,37 @@ pub unsafe fn state_of_file(f: *mut sqlite3_file) -> Option<Arc<DbState>> {
     Some(unsafe { Arc::from_raw(p) })
 }
 
-/// Runs a capture step under the capture lock and publishes its outcome; a panic inside becomes
-/// a reported loss (resync), never an error for SQLite.
-fn capture(state: &DbState, f: impl FnOnce(&mut Capture) -> Outcome) {
-    let out = guard(
+/// Message of the loss reported when capture panicked.
+const CAPTURE_PANIC: &str = "internal error (panic) in capture";
+
+/// Runs a capture step of connection `conn` under the capture lock and publishes its outcome; a
+/// panic inside discards the connection's transaction and becomes a reported loss (resync), never
+/// an error for SQLite.
+fn capture(state: &DbState, conn: ConnId, ends_txn: bool, f: impl FnOnce(&mut Capture) -> Outcome) {
+    let panicked = Outcome {
+        sealed: None,
+        lost: Some(CAPTURE_PANIC.into()),
+    };
+    let out = guard(panicked, || {
+        let mut cap = lock(&state.capture);
+        if crate::faults::active("capture_panic") {
+            panic!("injected capture panic");
+        }
+        let out = f(&mut cap);
+        // Publish while holding the capture lock so records are published in sequence order.
+        state.publish(Outcome {
+            sealed: out.sealed,
+            lost: None,
+        });
         Outcome {
             sealed: None,
-            lost: Some("internal error (panic) in capture".into()),
-        },
-        || {
-            let mut cap = lock(&state.capture);
-            let out = f(&mut cap);
-            // Publish while holding the capture lock so records are published in sequence order.
-            state.publish(Outcome {
-                sealed: out.sealed,
-                lost: None,
-            });
-            Outcome {
-                sealed: None,
-                lost: out.lost,
-            }
-        },
-    );
+            lost: out.lost,
+        }
+    });
+    if out.lost.as_deref() == Some(CAPTURE_PANIC) {
+        // Whatever the step did half-way, the transaction cannot be trusted: drop all of it.
+        guard((), || lock(&state.capture).poisoned(conn, ends_txn));
+    }
     state.publish(out);
 }
 
@@ -264,7 +273,7 @@ pub unsafe fn open_tracked(
         // SAFETY: reading 32 bytes into a local buffer from the opened real file.
         let rc = unsafe { read_real(real(file), &mut hdr, 0) };
         if rc == SQLITE_OK {
-            capture(&state, |c| {
+            capture(&state, owner as ConnId, false, |c| {
                 c.on_wal_open(&hdr);
                 Outcome::default()
             });
@@ -405,10 +414,14 @@ unsafe extern "C" fn x_write(
             match role {
                 // SAFETY: opened wrapper; reading our own field.
                 Role::MainDb if unsafe { (*(f as *mut SpoolFile)).checkpointing } == 0 => {
-                    capture(state, |c| c.on_db_write(conn, off as u64, data))
+                    capture(state, conn, false, |c| {
+                        c.on_db_write(conn, off as u64, data)
+                    })
                 }
                 Role::MainDb => {}
-                Role::Wal => capture(state, |c| c.on_wal_write(conn, off as u64, data)),
+                Role::Wal => capture(state, conn, false, |c| {
+                    c.on_wal_write(conn, off as u64, data)
+                }),
             }
         }
         rc
@@ -421,7 +434,8 @@ unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_
         // SAFETY: opened wrapper.
         if rc == SQLITE_OK && unsafe { role_of(f) } == Role::Wal {
             // SAFETY: opened wrapper.
-            capture(unsafe { state_of(f) }, |c| {
+            let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
+            capture(state, conn, false, |c| {
                 c.on_wal_truncate(size.max(0) as u64);
                 Outcome::default()
             });
@@ -472,7 +486,12 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
             let mut header = unsafe { header_reader(f) };
             // SAFETY: opened wrapper.
             let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
-            capture(state, |c| c.on_db_unlock(conn, level, &mut header));
+            capture(
+                state,
+                conn,
+                level <= libsqlite3_sys::SQLITE_LOCK_SHARED,
+                |c| c.on_db_unlock(conn, level, &mut header),
+            );
         }
         call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level)
     })
@@ -500,7 +519,9 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb => {
                 // SAFETY: opened main-db wrapper.
                 let mut header = unsafe { header_reader(f) };
-                capture(state, |c| c.on_commit_phase_two(conn, &mut header));
+                capture(state, conn, true, |c| {
+                    c.on_commit_phase_two(conn, &mut header)
+                });
             }
             SQLITE_FCNTL_VFSNAME if rc == SQLITE_OK && !arg.is_null() => {
                 let slot = arg as *mut *mut c_char;
@@ -561,7 +582,7 @@ unsafe extern "C" fn x_shm_lock(
         if write_unlock && unsafe { role_of(f) } == Role::MainDb {
             // SAFETY: opened wrapper.
             let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
-            capture(state, |c| c.on_wal_write_unlock(conn));
+            capture(state, conn, true, |c| c.on_wal_write_unlock(conn));
         }
         call!(f, xShmLock, SQLITE_IOERR_SHMLOCK, offset, n, flags)
     })

@@ -45,23 +45,33 @@ pub fn libversion_number() -> i32 {
     }
 }
 
-/// Runs `f`, turning a panic into `on_panic` (and a log line) so it never unwinds into C.
-pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(v) => v,
-        Err(e) => {
-            let what = e
+/// Installs our panic hook: panic messages go to `sqlite3_log`, never to the host's stderr. The
+/// hook belongs to this library's own copy of std, so the host's Rust code (if any) is unaffected.
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let what = info
+                .payload()
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
-                .or_else(|| e.downcast_ref::<String>().cloned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()));
             log(
                 libsqlite3_sys::SQLITE_INTERNAL,
-                &format!("spoolvfs: internal error: {what}"),
+                &format!("spoolvfs: internal error: {what}{}", at.unwrap_or_default()),
             );
-            on_panic
-        }
-    }
+        }));
+    });
+}
+
+/// Runs `f`, turning a panic into `on_panic` so it never unwinds into C (the panic hook has
+/// already logged it through `sqlite3_log`).
+pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
 }
 
 /// Writes to SQLite's error log (`sqlite3_log`), which applications can route anywhere.

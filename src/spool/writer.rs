@@ -125,6 +125,9 @@ impl SpoolWriter {
             return Err(io::Error::other("no open spool transaction"));
         };
         if !self.buf.is_empty() {
+            if let Some(e) = crate::faults::io_error("spool_enospc", libc::ENOSPC) {
+                return Err(e);
+            }
             seg.file.write_all_at(&self.buf, txn.start + txn.flushed)?;
             txn.flushed += self.buf.len() as u64;
             self.buf.clear();
