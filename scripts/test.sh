@@ -23,7 +23,7 @@ if step build cargo build --release; then
   mkdir -p target/c
   step "c drivers" gcc -O2 -Wall -Wextra -Werror -o target/c/spool_writer c/spool_writer.c \
     -lsqlite3 || true
-  export SPOOLVFS_LIB="${SPOOLVFS_LIB:-$PWD/target/release/libspoolvfs.so}"
+  export SPOOLVFS_LIB="${SPOOLVFS_LIB:-$(realpath "${CARGO_TARGET_DIR:-target}")/release/libspoolvfs.so}"
   step e2e python3 -m pytest -q -p no:cacheprovider -rfE tests/e2e "$@" || true
 else
   skip "c drivers" "build failed"

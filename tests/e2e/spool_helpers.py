@@ -44,9 +44,13 @@ SYNC_TIMEOUT_MS = 60000
 
 
 def lib_path() -> Path:
-    """The built extension: `$SPOOLVFS_LIB`, else `target/release/libspoolvfs.so` in the repo."""
+    """The built extension: `$SPOOLVFS_LIB`, else `release/libspoolvfs.so` in the cargo target
+    directory (`$CARGO_TARGET_DIR`, default `target/` in the repo)."""
     env = os.environ.get("SPOOLVFS_LIB")
-    return Path(env).resolve() if env else REPO_ROOT / "target" / "release" / "libspoolvfs.so"
+    if env:
+        return Path(env).resolve()
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
+    return (REPO_ROOT / target).resolve() / "release" / "libspoolvfs.so"
 
 
 _loader = None  # the apsw connection that loaded the extension (kept alive on purpose)
