@@ -15,6 +15,12 @@
 //! lock without a commit frame is a rollback: the record is dropped. Checkpoint copies into the db
 //! file (between `CKPT_START` and `CKPT_DONE`) are not captured: their frames already were.
 //!
+//! When frames of the open transaction are overwritten by new frame headers before its commit
+//! (`ROLLBACK TO` a savepoint after a spill; a rollback in exclusive locking mode followed by the
+//! next transaction), the streamed entries may contain content that never committed. Such a
+//! record is rebuilt at its end from the WAL file itself, which at that point (write lock still
+//! held) holds exactly the committed frames: a rare path, so the common one stays a memcpy.
+//!
 //! The database size of a record comes from the page-1 header (rollback) or the commit frame
 //! (WAL), never from the file size (the unix VFS resizes files invisibly inside file controls).
 //!
@@ -83,6 +89,10 @@ struct WalTxn {
     max_slot: u64,
     /// Commit frame of the open transaction: (slot, db size in pages).
     commit: Option<(u64, u32)>,
+    /// Frames of this transaction were overwritten by new frames (after `ROLLBACK TO` a savepoint,
+    /// or in exclusive locking mode after a rollback): the streamed entries may hold content that
+    /// never committed, so the record is rebuilt from the WAL's committed frames when it ends.
+    reread: bool,
 }
 
 /// The first 100 bytes of page 1 as currently in the database file (read on demand by the VFS
@@ -97,6 +107,8 @@ pub struct Capture {
     pub spool: SpoolWriter,
     control: Arc<Control>,
     pid: u64,
+    /// The source's WAL file, for rebuilding a record from its committed frames.
+    wal_path: std::path::PathBuf,
     rollback: RollbackTxn,
     wal: WalTxn,
     wal_header: Option<WalHeader>,
@@ -113,7 +125,13 @@ pub struct Capture {
 
 impl Capture {
     /// `page1` is the start of the database file as found at open (empty for a new database).
-    pub fn new(spool: SpoolWriter, control: Arc<Control>, page1: &[u8], file_size: u64) -> Capture {
+    pub fn new(
+        spool: SpoolWriter,
+        control: Arc<Control>,
+        wal_path: std::path::PathBuf,
+        page1: &[u8],
+        file_size: u64,
+    ) -> Capture {
         let page_size = dbheader::page_size(page1).unwrap_or(0);
         let db_pages = match dbheader::trusted_db_pages(page1) {
             Some(p) => p as u64,
@@ -124,6 +142,7 @@ impl Capture {
             spool,
             control,
             pid: std::process::id() as u64,
+            wal_path,
             rollback: RollbackTxn::default(),
             wal: WalTxn::default(),
             wal_header: None,
@@ -394,10 +413,11 @@ impl Capture {
         if !self.owns(conn) {
             // begin_txn below reports the impossible case of two writers.
         } else if let Some(first) = self.wal.first_slot {
-            if self.wal.commit.is_none() && slot < first {
-                // Exclusive locking mode has no write-lock release: a frame written before the
-                // open transaction's first frame means that transaction was rolled back.
-                self.drop_open();
+            if self.wal.commit.is_none() && slot <= self.wal.max_slot {
+                // Frames of this transaction are being overwritten (savepoint undo, or a rollback
+                // in exclusive mode followed by the next transaction): rebuild at the end.
+                self.wal.reread = true;
+                self.wal.first_slot = Some(first.min(slot));
             } else if self.wal.commit.is_some() && slot <= self.wal.max_slot {
                 // walRewriteChecksums rewrites headers of this transaction's frames: same pages.
                 return out;
@@ -439,6 +459,30 @@ impl Capture {
         Outcome::default()
     }
 
+    /// Replaces the open record's entries by frames `first..=last` read back from the WAL file.
+    fn rebuild_from_wal(&mut self, first: u64, last: u64, page_size: u32) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let header = self
+            .wal_header
+            .ok_or_else(|| io::Error::other("no WAL header known"))?;
+        let file = std::fs::File::open(&self.wal_path)?;
+        self.spool.abort();
+        let mut frame = vec![0u8; wal::WAL_FRAME_HEADER_LEN as usize + page_size as usize];
+        for slot in first..=last {
+            file.read_exact_at(&mut frame, wal::frame_offset(page_size, slot))?;
+            let fh = FrameHeader::parse(&frame).ok_or_else(|| io::Error::other("short frame"))?;
+            if (fh.salt1, fh.salt2) != (header.salt1, header.salt2) || fh.pgno == 0 {
+                return Err(io::Error::other(format!(
+                    "WAL frame {slot} is not part of the commit"
+                )));
+            }
+            let data = &frame[wal::WAL_FRAME_HEADER_LEN as usize..];
+            let offset = (fh.pgno as u64 - 1) * page_size as u64;
+            self.spool.append_page(&self.control, offset, data)?;
+        }
+        Ok(())
+    }
+
     fn finish_wal_txn(&mut self) -> Outcome {
         let Some((commit_slot, commit_pages)) = self.wal.commit else {
             // No commit frame: rolled back. SQLite reuses these slots for the next transaction.
@@ -450,9 +494,15 @@ impl Capture {
             .wal_header
             .map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
         let first = self.wal.first_slot.unwrap_or(commit_slot);
+        let reread = std::mem::take(&mut self.wal.reread);
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
+        if reread {
+            if let Err(e) = self.rebuild_from_wal(first, commit_slot, page_size) {
+                return self.failed("rebuilding a transaction from the WAL", e);
+            }
+        }
         let info = CommitInfo {
             kind: RecordKind::Commit,
             mode: SourceMode::Wal,
@@ -479,7 +529,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         let w = SpoolWriter::new(d.clone(), false, u64::MAX);
         let control = Arc::new(Control::open(&d).unwrap());
-        (Capture::new(w, control, &[], 0), d)
+        (Capture::new(w, control, d.join("wal"), &[], 0), d)
     }
 
     fn no_header() -> Option<[u8; dbheader::HEADER_LEN]> {
@@ -609,5 +659,36 @@ mod tests {
         // The next transaction is captured normally.
         c.on_db_write(1, 0, &page1(1024, 6, 3));
         assert!(c.on_commit_phase_two(1, &mut no_header).sealed.is_some());
+    }
+
+    #[test]
+    fn overwritten_frames_are_rebuilt_from_the_wal() {
+        let (mut c, d) = capture("reread");
+        // Spill frames for pages 1, 2 and 3 (content 7, 8, 9), then ROLLBACK TO a savepoint taken
+        // at the start: the commit rewrites slot 0 with page 1 (content 5) as its commit frame.
+        let spilled = build_wal(512, &[(1, 0, 7), (2, 0, 8), (3, 0, 9)], (1, 2));
+        let committed = build_wal(512, &[(1, 3, 5)], (1, 2));
+        c.on_wal_write(1, 0, &spilled[..32]);
+        for slot in 0..3usize {
+            let at = 32 + slot * 536;
+            c.on_wal_write(1, at as u64, &spilled[at..at + 24]);
+            c.on_wal_write(1, at as u64 + 24, &spilled[at + 24..at + 536]);
+        }
+        c.on_wal_write(1, 32, &committed[32..56]);
+        c.on_wal_write(1, 56, &committed[56..568]);
+        // The WAL file as SQLite left it: slot 0 holds the commit, slots 1-2 stale spills.
+        let mut file = committed.clone();
+        file.extend_from_slice(&spilled[568..]);
+        std::fs::write(d.join("wal"), &file).unwrap();
+        let s = c.on_wal_write_unlock(1).sealed.unwrap();
+        assert_eq!(s.info.n_pages, 1);
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let recs = r.read_records(None, 100).unwrap().records;
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].pages.len(), 1);
+        let mut img = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&*r.file, &mut img, recs[0].pages[0].payload_pos)
+            .unwrap();
+        assert_eq!(img, [5u8; 512]);
     }
 }

@@ -118,7 +118,16 @@ pub fn start(
     let pid = std::process::id() as u64;
     control.register_pid(pid);
     let writer = crate::spool::writer::SpoolWriter::new(cfg.spool.clone(), cfg.durable, ROTATE_AT);
-    let capture = crate::capture::Capture::new(writer, control.clone(), page1, size);
+    let mut wal_path = cfg.db.clone().into_os_string();
+    wal_path.push("-wal");
+    // Nothing vouches for the backup when no other live process keeps it (changes may have been
+    // made while nobody watched) or when no resync ever completed in this spool: verify it. Done
+    // here, at open, so that a `spool_sync` right after the open waits for that verification.
+    if !control.others_alive(pid) || control.resyncs() == 0 {
+        control.bump_lost();
+    }
+    let capture =
+        crate::capture::Capture::new(writer, control.clone(), wal_path.into(), page1, size);
     let state = DbState::new(cfg, control, capture);
     let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
     let mut consumer = Consumer {
@@ -259,11 +268,6 @@ impl Consumer {
         self.lock_file = Some(f);
         let c = &self.state.control;
         c.set_consumer(self.pid, now_us());
-        // Nothing vouches for the backup when no other live process was keeping it (changes made
-        // while nobody watched) or when no resync ever completed in this spool: verify it.
-        if !c.others_alive(self.pid) || c.resyncs() == 0 {
-            c.bump_lost();
-        }
         let a = c.applied();
         self.cursor = Cursor {
             reader: None,

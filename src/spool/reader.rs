@@ -76,12 +76,16 @@ impl SegmentReader {
         })
     }
 
-    /// Returns `len` bytes at `pos` if the file has them (`None` at end of file).
-    fn bytes_at(&mut self, pos: u64, len: usize) -> io::Result<Option<&[u8]>> {
+    /// Returns `len` bytes at `pos` if the file has them (`None` at end of file). Read-ahead never
+    /// goes past `limit`: bytes past the sealed tail may still be rewritten by the writer (an
+    /// aborted or rebuilt transaction), so caching them could serve stale data later. Bytes below
+    /// a sealed limit never change, so the cache stays valid across calls.
+    fn bytes_at(&mut self, pos: u64, len: usize, limit: Option<u64>) -> io::Result<Option<&[u8]>> {
         let have = pos >= self.chunk_start
             && pos + len as u64 <= self.chunk_start + self.chunk.len() as u64;
         if !have {
-            let want = len.max(CHUNK);
+            let room = limit.map_or(usize::MAX, |l| l.saturating_sub(pos) as usize);
+            let want = len.max(CHUNK.min(room));
             self.chunk.resize(want, 0);
             let mut got = 0;
             while got < want {
@@ -118,7 +122,7 @@ impl SegmentReader {
             if limit.is_some_and(|l| pos >= l) {
                 break;
             }
-            let Some(h) = self.bytes_at(pos, ENTRY_HEADER_LEN)? else {
+            let Some(h) = self.bytes_at(pos, ENTRY_HEADER_LEN, limit)? else {
                 // End of file: fine without a limit (the tail is unsealed); with one it means the
                 // sealed data is missing.
                 out.torn = limit.is_some() || !pages.is_empty();
@@ -132,7 +136,7 @@ impl SegmentReader {
             };
             let payload_pos = pos + ENTRY_HEADER_LEN as u64;
             let len = entry.payload_len as usize;
-            let Some(payload) = self.bytes_at(payload_pos, len)? else {
+            let Some(payload) = self.bytes_at(payload_pos, len, limit)? else {
                 out.torn = true;
                 break;
             };
@@ -325,5 +329,38 @@ mod tests {
         let b = r.read_records(Some(last.end), 100).unwrap();
         assert_eq!(b.records.len(), 3);
         assert_eq!(b.records[2].seq, 5);
+    }
+
+    #[test]
+    fn bytes_past_the_sealed_tail_are_never_cached() {
+        let d = dir("stale");
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        w.append_page(&c, 0, &[1u8; 512]).unwrap();
+        let (_, p1) = w.seal(&c, &info(1)).unwrap();
+        // A large transaction reaches the file before it is sealed...
+        for i in 0..2100u32 {
+            w.append_page(&c, (i as u64) * 512, &[2u8; 512]).unwrap();
+        }
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        assert_eq!(
+            r.read_records(Some(p1.end), usize::MAX)
+                .unwrap()
+                .records
+                .len(),
+            1
+        );
+        // ...then is dropped, and a different transaction takes its place.
+        w.abort();
+        w.append_page(&c, 0, &[3u8; 512]).unwrap();
+        let (_, p2) = w.seal(&c, &info(1)).unwrap();
+        let out = r.read_records(Some(p2.end), usize::MAX).unwrap();
+        assert!(!out.torn);
+        assert_eq!(out.records.len(), 1);
+        let mut img = [0u8; 512];
+        r.file
+            .read_exact_at(&mut img, out.records[0].pages[0].payload_pos)
+            .unwrap();
+        assert_eq!(img, [3u8; 512]);
     }
 }
