@@ -498,10 +498,8 @@ impl Capture {
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
-        if reread {
-            if let Err(e) = self.rebuild_from_wal(first, commit_slot, page_size) {
-                return self.failed("rebuilding a transaction from the WAL", e);
-            }
+        if reread && let Err(e) = self.rebuild_from_wal(first, commit_slot, page_size) {
+            return self.failed("rebuilding a transaction from the WAL", e);
         }
         let info = CommitInfo {
             kind: RecordKind::Commit,
