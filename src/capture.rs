@@ -99,6 +99,9 @@ struct WalTxn {
 /// layer when a transaction did not write page 1).
 pub type HeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; dbheader::HEADER_LEN]>;
 
+/// The first 32 bytes of the WAL file as currently on disk (read on demand by the VFS layer).
+pub type WalHeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; wal::WAL_HEADER_LEN as usize]>;
+
 /// Identifies a connection: the address of its main-database file object.
 pub type ConnId = usize;
 
@@ -359,9 +362,26 @@ impl Capture {
     }
 
     /// A write to the WAL file by connection `conn`.
-    pub fn on_wal_write(&mut self, conn: ConnId, offset: u64, data: &[u8]) -> Outcome {
+    ///
+    /// At the first frame of a transaction the WAL header is re-read (`current_header`): another
+    /// process may have restarted the WAL (new salts) or created it since this process last saw
+    /// it, and the record's page size and salts must be the WAL's, not a stale copy.
+    pub fn on_wal_write(
+        &mut self,
+        conn: ConnId,
+        offset: u64,
+        data: &[u8],
+        current_header: WalHeaderReader,
+    ) -> Outcome {
         if let Some(out) = self.discarded_event(conn, false) {
             return out;
+        }
+        if offset != 0 && self.wal.first_slot.is_none() {
+            let fresh = current_header().and_then(|h| WalHeader::parse(&h));
+            if fresh.is_some() && fresh != self.wal_header {
+                self.wal_header = fresh;
+                self.wal.slot_pgno.clear();
+            }
         }
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
         match wal::classify(page_size, offset) {
@@ -534,6 +554,10 @@ mod tests {
         None
     }
 
+    fn no_wal_header() -> Option<[u8; 32]> {
+        None
+    }
+
     fn page1(page_size: u16, counter: u32, pages: u32) -> Vec<u8> {
         let mut p = vec![0u8; page_size as usize];
         p[..16].copy_from_slice(dbheader::MAGIC);
@@ -582,17 +606,17 @@ mod tests {
         let (mut c, d) = capture("conns");
         // Connection 1 spills a page of an open WAL transaction...
         let wal = build_wal(512, &[(1, 0, 1), (2, 3, 2)], (1, 2));
-        c.on_wal_write(1, 0, &wal[..32]);
-        c.on_wal_write(1, 32, &wal[32..56]);
-        c.on_wal_write(1, 56, &wal[56..568]);
+        c.on_wal_write(1, 0, &wal[..32], &mut no_wal_header);
+        c.on_wal_write(1, 32, &wal[32..56], &mut no_wal_header);
+        c.on_wal_write(1, 56, &wal[56..568], &mut no_wal_header);
         // ...while connection 2 ends its read transaction and releases its locks.
         assert!(c.on_db_unlock(2, 0, &mut no_header).sealed.is_none());
         assert!(c.on_wal_write_unlock(2).sealed.is_none());
         assert!(c.on_commit_phase_two(2, &mut no_header).sealed.is_none());
         assert!(c.txn_open());
         // Connection 1 commits: both frames are in the record.
-        c.on_wal_write(1, 568, &wal[568..592]);
-        c.on_wal_write(1, 592, &wal[592..1104]);
+        c.on_wal_write(1, 568, &wal[568..592], &mut no_wal_header);
+        c.on_wal_write(1, 592, &wal[592..1104], &mut no_wal_header);
         let s = c.on_wal_write_unlock(1).sealed.unwrap();
         assert_eq!(s.info.n_pages, 2);
         assert_eq!(s.info.wal_first_frame, 0);
@@ -601,12 +625,17 @@ mod tests {
     }
 
     fn wal_writes(c: &mut Capture, wal: &[u8], page_size: usize) {
-        c.on_wal_write(1, 0, &wal[..32]);
+        c.on_wal_write(1, 0, &wal[..32], &mut no_wal_header);
         let frame = 24 + page_size;
         let mut at = 32;
         while at + frame <= wal.len() {
-            c.on_wal_write(1, at as u64, &wal[at..at + 24]);
-            c.on_wal_write(1, (at + 24) as u64, &wal[at + 24..at + frame]);
+            c.on_wal_write(1, at as u64, &wal[at..at + 24], &mut no_wal_header);
+            c.on_wal_write(
+                1,
+                (at + 24) as u64,
+                &wal[at + 24..at + frame],
+                &mut no_wal_header,
+            );
             at += frame;
         }
     }
@@ -623,8 +652,13 @@ mod tests {
         // Next transaction writes a frame and rolls back.
         let more = build_wal(512, &[(1, 0, 1), (2, 3, 2), (3, 0, 9)], (1, 2));
         let at = 32 + 2 * (24 + 512);
-        c.on_wal_write(1, at as u64, &more[at..at + 24]);
-        c.on_wal_write(1, (at + 24) as u64, &more[at + 24..at + 24 + 512]);
+        c.on_wal_write(1, at as u64, &more[at..at + 24], &mut no_wal_header);
+        c.on_wal_write(
+            1,
+            (at + 24) as u64,
+            &more[at + 24..at + 24 + 512],
+            &mut no_wal_header,
+        );
         assert!(c.txn_open());
         assert!(c.on_wal_write_unlock(1).sealed.is_none());
         assert!(!c.txn_open());
@@ -638,8 +672,8 @@ mod tests {
     fn wal_data_without_header_is_reported_lost() {
         let (mut c, _d) = capture("walhole");
         let wal = build_wal(512, &[(1, 1, 1)], (1, 2));
-        c.on_wal_write(1, 0, &wal[..32]);
-        let out = c.on_wal_write(1, 56, &wal[56..56 + 512]);
+        c.on_wal_write(1, 0, &wal[..32], &mut no_wal_header);
+        let out = c.on_wal_write(1, 56, &wal[56..56 + 512], &mut no_wal_header);
         assert!(out.lost.is_some());
     }
 
@@ -666,14 +700,19 @@ mod tests {
         // at the start: the commit rewrites slot 0 with page 1 (content 5) as its commit frame.
         let spilled = build_wal(512, &[(1, 0, 7), (2, 0, 8), (3, 0, 9)], (1, 2));
         let committed = build_wal(512, &[(1, 3, 5)], (1, 2));
-        c.on_wal_write(1, 0, &spilled[..32]);
+        c.on_wal_write(1, 0, &spilled[..32], &mut no_wal_header);
         for slot in 0..3usize {
             let at = 32 + slot * 536;
-            c.on_wal_write(1, at as u64, &spilled[at..at + 24]);
-            c.on_wal_write(1, at as u64 + 24, &spilled[at + 24..at + 536]);
+            c.on_wal_write(1, at as u64, &spilled[at..at + 24], &mut no_wal_header);
+            c.on_wal_write(
+                1,
+                at as u64 + 24,
+                &spilled[at + 24..at + 536],
+                &mut no_wal_header,
+            );
         }
-        c.on_wal_write(1, 32, &committed[32..56]);
-        c.on_wal_write(1, 56, &committed[56..568]);
+        c.on_wal_write(1, 32, &committed[32..56], &mut no_wal_header);
+        c.on_wal_write(1, 56, &committed[56..568], &mut no_wal_header);
         // The WAL file as SQLite left it: slot 0 holds the commit, slots 1-2 stale spills.
         let mut file = committed.clone();
         file.extend_from_slice(&spilled[568..]);
@@ -688,5 +727,39 @@ mod tests {
         std::os::unix::fs::FileExt::read_exact_at(&*r.file, &mut img, recs[0].pages[0].payload_pos)
             .unwrap();
         assert_eq!(img, [5u8; 512]);
+    }
+
+    #[test]
+    fn a_wal_restarted_by_another_process_is_noticed_at_the_next_transaction() {
+        let (mut c, _d) = capture("restart");
+        let old = build_wal(512, &[(1, 1, 1)], (1, 2));
+        c.on_wal_write(1, 0, &old[..32], &mut no_wal_header);
+        c.on_wal_write(1, 32, &old[32..56], &mut no_wal_header);
+        c.on_wal_write(1, 56, &old[56..568], &mut no_wal_header);
+        assert_eq!(
+            c.on_wal_write_unlock(1).sealed.unwrap().info.token,
+            (1 << 32) | 2
+        );
+        // Another process restarts the WAL with page size 1024 and salts (5, 6) and commits; our
+        // next transaction appends after its frame.
+        let new = build_wal(1024, &[(1, 1, 1), (2, 2, 2)], (5, 6));
+        let mut hdr = [0u8; 32];
+        hdr.copy_from_slice(&new[..32]);
+        let mut current = move || Some(hdr);
+        let at = 32 + 1048;
+        assert!(
+            c.on_wal_write(1, at as u64, &new[at..at + 24], &mut current)
+                .lost
+                .is_none()
+        );
+        assert!(
+            c.on_wal_write(1, at as u64 + 24, &new[at + 24..at + 1048], &mut current)
+                .lost
+                .is_none()
+        );
+        let s = c.on_wal_write_unlock(1).sealed.unwrap();
+        assert_eq!(s.info.token, (5 << 32) | 6);
+        assert_eq!(s.info.page_size, 1024);
+        assert_eq!(s.info.wal_first_frame, 1);
     }
 }

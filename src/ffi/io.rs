@@ -419,9 +419,16 @@ unsafe extern "C" fn x_write(
                     })
                 }
                 Role::MainDb => {}
-                Role::Wal => capture(state, conn, false, |c| {
-                    c.on_wal_write(conn, off as u64, data)
-                }),
+                Role::Wal => {
+                    let mut current_header = || {
+                        let mut h = [0u8; crate::wal::WAL_HEADER_LEN as usize];
+                        // SAFETY: `f` is an opened WAL wrapper, so its real file is open.
+                        (unsafe { read_real(real(f), &mut h, 0) } == SQLITE_OK).then_some(h)
+                    };
+                    capture(state, conn, false, |c| {
+                        c.on_wal_write(conn, off as u64, data, &mut current_header)
+                    })
+                }
             }
         }
         rc
