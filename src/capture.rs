@@ -112,6 +112,8 @@ pub struct Capture {
     pid: u64,
     /// The source's WAL file, for rebuilding a record from its committed frames.
     wal_path: std::path::PathBuf,
+    /// Sequence number of the last record this process sealed.
+    my_last_seq: u64,
     rollback: RollbackTxn,
     wal: WalTxn,
     wal_header: Option<WalHeader>,
@@ -146,6 +148,7 @@ impl Capture {
             control,
             pid: std::process::id() as u64,
             wal_path,
+            my_last_seq: 0,
             rollback: RollbackTxn::default(),
             wal: WalTxn::default(),
             wal_header: None,
@@ -340,6 +343,7 @@ impl Capture {
     fn seal(&mut self, info: CommitInfo, db_pages: u64, page_size: u32) -> Outcome {
         match self.spool.seal(&self.control, &info) {
             Ok((seq, pos)) => {
+                self.my_last_seq = seq;
                 self.end_txn();
                 self.db_pages = db_pages;
                 self.page_size = page_size;
@@ -376,7 +380,12 @@ impl Capture {
         if let Some(out) = self.discarded_event(conn, false) {
             return out;
         }
-        if offset != 0 && self.wal.first_slot.is_none() {
+        // The header can only have changed under us if the WAL restarted (the transaction starts
+        // at frame 0), another process sealed since our last record, or we never saw it.
+        let maybe_stale = self.wal_header.is_none()
+            || offset == wal::WAL_HEADER_LEN
+            || self.control.sealed().seq != self.my_last_seq;
+        if offset != 0 && self.wal.first_slot.is_none() && maybe_stale {
             let fresh = current_header().and_then(|h| WalHeader::parse(&h));
             if fresh.is_some() && fresh != self.wal_header {
                 self.wal_header = fresh;
@@ -740,8 +749,15 @@ mod tests {
             c.on_wal_write_unlock(1).sealed.unwrap().info.token,
             (1 << 32) | 2
         );
-        // Another process restarts the WAL with page size 1024 and salts (5, 6) and commits; our
-        // next transaction appends after its frame.
+        // Another process restarts the WAL with page size 1024 and salts (5, 6) and commits (and
+        // seals); our next transaction appends after its frame.
+        let other = c.control.next_seq();
+        c.control
+            .publish_sealed(crate::spool::control::SealedState {
+                seq: other,
+                pos: SealedPos::default(),
+                sealed_us: 0,
+            });
         let new = build_wal(1024, &[(1, 1, 1), (2, 2, 2)], (5, 6));
         let mut hdr = [0u8; 32];
         hdr.copy_from_slice(&new[..32]);

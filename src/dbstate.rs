@@ -6,6 +6,7 @@
 //! Invariant (kept in the shared control file): the applied sequence number never passes the
 //! sealed one, and `resynced_gen >= lost_gen` means every loss so far was repaired by a resync.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,7 +50,6 @@ pub struct Progress {
     pub active: bool,
     /// Set by the last close: the consumer drains until this instant, then stops.
     pub stop_by: Option<Instant>,
-    pub bytes_captured: u64,
     pub bytes_applied: u64,
     pub pages_applied: u64,
     pub batches: u64,
@@ -72,6 +72,13 @@ pub struct DbState {
     doorbell: Sender<()>,
     pub(crate) doorbell_rx: Receiver<()>,
     pub(crate) consumer: Mutex<Option<JoinHandle<()>>>,
+    /// The consumer is in a long sleep: a seal must ring the doorbell. While records flow it
+    /// polls the shared tail instead, so writers make no wake-up syscall on the commit path.
+    pub(crate) parked: AtomicBool,
+    /// Bytes of page images captured by this process.
+    pub bytes_captured: AtomicU64,
+    /// Callers of `spool_sync` waiting now: the consumer applies at once instead of grouping.
+    pub(crate) sync_waiters: AtomicU32,
 }
 
 /// Locks a mutex, ignoring poisoning: our state stays consistent across a panic because every
@@ -93,7 +100,6 @@ impl DbState {
                 phase: Phase::Starting,
                 active: false,
                 stop_by: None,
-                bytes_captured: 0,
                 bytes_applied: 0,
                 pages_applied: 0,
                 batches: 0,
@@ -106,6 +112,9 @@ impl DbState {
             doorbell: tx,
             doorbell_rx: rx,
             consumer: Mutex::new(None),
+            parked: AtomicBool::new(false),
+            bytes_captured: AtomicU64::new(0),
+            sync_waiters: AtomicU32::new(0),
         })
     }
 
@@ -121,7 +130,14 @@ impl DbState {
             return;
         }
         if let Some(s) = out.sealed {
-            lock(&self.progress).bytes_captured += s.info.n_pages as u64 * s.info.page_size as u64;
+            let bytes = s.info.n_pages as u64 * s.info.page_size as u64;
+            self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
+            if out.lost.is_none() {
+                if self.parked.load(Ordering::Acquire) {
+                    self.ring();
+                }
+                return;
+            }
         }
         if let Some(msg) = out.lost {
             self.control.bump_lost();
@@ -167,6 +183,13 @@ impl DbState {
     /// Waits until every transaction sealed (by any process) before the call is in the backup and
     /// every loss known at the call is repaired. Returns false on timeout.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
+        self.sync_waiters.fetch_add(1, Ordering::AcqRel);
+        let done = self.wait_synced_inner(timeout);
+        self.sync_waiters.fetch_sub(1, Ordering::AcqRel);
+        done
+    }
+
+    fn wait_synced_inner(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut p = lock(&self.progress);
         if p.active && p.phase != Phase::Stopped {

@@ -71,7 +71,13 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
             "resync_progress",
             format!("[{},{}]", p.resync_done, p.resync_total),
         ),
-        ("bytes_captured", p.bytes_captured.to_string()),
+        (
+            "bytes_captured",
+            state
+                .bytes_captured
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        ),
         ("bytes_applied", p.bytes_applied.to_string()),
         ("pages_applied", p.pages_applied.to_string()),
         ("batches", p.batches.to_string()),

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal::{
-    JournalWriter, journal_path, lock_byte_pgno, rollback_hot_journal, sync_parent_dir,
-    valid_page_size,
+    JournalWriter, finalize, is_hot, journal_path, lock_byte_pgno, rollback_hot_journal,
+    sync_parent_dir, valid_page_size,
 };
 use super::lock::{Guard, PENDING_BYTE, lock_exclusive_with_retry, lock_reserved_with_retry};
 use super::writeset::{Source, WriteSet};
@@ -175,14 +175,10 @@ fn patched_header(
     Ok(patched.then_some(h))
 }
 
-/// Whether a journal exists at `path`. Hot or not is `rollback_hot_journal`'s call; either way
-/// it must go before we read the old state.
-fn journal_exists(path: &Path) -> io::Result<bool> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+/// Makes a journal that never protected a database change harmless again: zero its header (it
+/// stays for reuse), or remove it if that fails.
+fn neutralize_journal(path: &Path, sync: bool) -> io::Result<()> {
+    finalize(path, sync).or_else(|_| remove_journal(path, sync))
 }
 
 fn remove_journal(path: &Path, sync: bool) -> io::Result<()> {
@@ -222,10 +218,10 @@ pub fn apply(
     let mut guard = lock_reserved_with_retry(&file, opts.lock_timeout)?;
     let jpath = journal_path(backup_path);
 
-    // 1. A journal here is either hot (a crashed apply: roll it back before reading anything)
-    //    or cold (crashed before it became hot: just delete it). We hold RESERVED, so no live
+    // 1. A hot journal here is a crashed apply: roll it back before reading anything. A cold one
+    //    (zeroed header) is our persistent journal, reused below. We hold RESERVED, so no live
     //    writer owns it.
-    if journal_exists(&jpath)? {
+    if is_hot(&jpath)? {
         guard.upgrade_to_exclusive(remaining(deadline))?;
         rollback_hot_journal(&file, &jpath)?;
         guard.downgrade_to_reserved()?;
@@ -262,9 +258,9 @@ pub fn apply(
     report.pages_journaled = match write_journal(&file, &writes, req, old_ps, old_pages, &mut jw) {
         Ok(n) => n,
         Err(e) => {
-            // The database is untouched and the journal not hot: it is just garbage now.
+            // The database is untouched and the journal not hot: just garbage now.
             drop(jw);
-            let _ = remove_journal(&jpath, opts.sync);
+            let _ = neutralize_journal(&jpath, opts.sync);
             return Err(e);
         }
     };
@@ -272,26 +268,22 @@ pub fn apply(
         jw.flush()?; // a crash would leave the records in the file
         return Err(io::Error::other("injected"));
     }
-    // The journal's directory entry must be durable before the database changes.
-    let hot = jw.finish().and_then(|()| {
-        if opts.sync {
-            sync_parent_dir(&jpath)
-        } else {
-            Ok(())
-        }
-    });
+    // `finish` also makes a new journal's directory entry durable before the database changes.
+    let hot = jw.finish();
     drop(jw);
     if let Err(e) = hot {
-        // Still only RESERVED and the database untouched: the journal, hot or not, can go.
-        let _ = remove_journal(&jpath, opts.sync);
+        // Still only RESERVED and the database untouched: the journal, hot or not, is harmless
+        // once its header is zero.
+        let _ = neutralize_journal(&jpath, opts.sync);
         return Err(e);
     }
     injected(opts, FailPoint::AfterJournalHot)?;
 
     // 5. Exclusive.
     if let Err(e) = guard.upgrade_to_exclusive(remaining(deadline)) {
-        // Still RESERVED and the database is untouched: drop the journal so nobody replays it.
-        remove_journal(&jpath, opts.sync)?;
+        // Still RESERVED and the database is untouched: neutralize the journal so nobody
+        // replays it (replaying would be harmless, but it would also be pointless work).
+        neutralize_journal(&jpath, opts.sync)?;
         return Err(e);
     }
 
@@ -303,8 +295,8 @@ pub fn apply(
     }
     injected(opts, FailPoint::AfterDbSync)?;
 
-    // 7. Commit: the journal's deletion is the point where the new state becomes the state.
-    remove_journal(&jpath, opts.sync)?;
+    // 7. Commit: zeroing the journal's header is the point where the new state becomes the state.
+    finalize(&jpath, opts.sync)?;
     guard.unlock()?;
     Ok(report)
 }
@@ -426,7 +418,7 @@ fn write_db(
 /// anything was rolled back; a missing or non-hot journal is a no-op (a non-hot one is deleted).
 pub fn recover(backup_path: &Path, lock_timeout: Duration) -> io::Result<bool> {
     let jpath = journal_path(backup_path);
-    if !journal_exists(&jpath)? {
+    if !is_hot(&jpath)? {
         return Ok(false);
     }
     let file = match File::options().read(true).write(true).open(backup_path) {

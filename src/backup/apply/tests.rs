@@ -168,7 +168,10 @@ fn apply_reaches_state_b_byte_for_byte() {
             std::fs::read(&backup).unwrap() == want,
             "{name}: bytes differ"
         );
-        assert!(!journal_path(&backup).exists(), "{name}: journal left");
+        assert!(
+            !is_hot(&journal_path(&backup)).unwrap(),
+            "{name}: hot journal left"
+        );
         assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n", "{name}");
         assert_eq!(count(&backup), count(&b), "{name}");
         assert_eq!(rep.bytes_written, want.len() as u64, "{name}");
@@ -239,7 +242,7 @@ fn crash_at_every_step_rolls_back_to_a() {
                 } else {
                     let rolled = recover(&backup, Duration::from_secs(5)).unwrap();
                     assert_eq!(rolled, fp != FailPoint::AfterJournalRecords, "{what}");
-                    assert!(!jp.exists(), "{what}");
+                    assert!(!is_hot(&jp).unwrap(), "{what}: journal still hot");
                     assert!(std::fs::read(&backup).unwrap() == a_bytes, "{what}: bytes");
                     assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n", "{what}");
                 }
@@ -286,7 +289,8 @@ fn crash_during_pure_growth_truncates_back() {
         assert_eq!(err.to_string(), "injected");
         assert_eq!(std::fs::metadata(&backup).unwrap().len(), len + 8192);
         let jlen = std::fs::metadata(journal_path(&backup)).unwrap().len();
-        assert_eq!(jlen, 512, "header only");
+        // Header, then the zeroed sector that stops playback there: no records.
+        assert_eq!(jlen, 1024, "header and end-of-journal sector only");
         if via_cli {
             let out = sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;");
             assert_eq!(out, "ok\n50\n");
@@ -427,7 +431,7 @@ fn apply_waits_for_readers_and_times_out_cleanly() {
     };
     let err = apply_file(&backup, &b, &o).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-    assert!(!journal_path(&backup).exists());
+    assert!(!is_hot(&journal_path(&backup)).unwrap());
     assert!(std::fs::read(&backup).unwrap() == std::fs::read(&a).unwrap());
     // The reader can still start new statements (no PENDING left behind) and ends cleanly.
     rin.write_all(b"SELECT count(*) FROM t;\nCOMMIT;\n")
@@ -486,4 +490,41 @@ fn bad_requests_are_errors() {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{ps}");
     }
     assert!(!recover(&t.p("none.db"), Duration::ZERO).unwrap());
+}
+
+/// The journal is reused across applies. After a big batch leaves a long journal behind, a small
+/// batch that crashes once its journal is hot must roll back to exactly the state before it,
+/// through SQLite and through `recover`: the stale records after ours must never be replayed.
+#[test]
+fn a_reused_journal_never_replays_stale_records() {
+    for via_cli in [true, false] {
+        let t = Tmp::new("reuse");
+        let (a, b) = setup(&t, 4096, "UPDATE t SET v = v || 'big change';");
+        let (_, c) = (t.p("unused"), t.p("c.db"));
+        make_b(&b, &c, "UPDATE t SET v = 'small' WHERE id = 5;");
+        let backup = t.p("backup.db");
+        std::fs::copy(&a, &backup).unwrap();
+        apply_file(&backup, &b, &opts(None)).unwrap();
+        let jp = journal_path(&backup);
+        let big_journal = std::fs::metadata(&jp).unwrap().len();
+        assert!(!is_hot(&jp).unwrap());
+        let err = apply_file(&backup, &c, &opts(Some(FailPoint::AfterDbSync))).unwrap_err();
+        assert_eq!(err.to_string(), "injected");
+        assert!(is_hot(&jp).unwrap(), "the crashed batch's journal is hot");
+        assert_eq!(
+            std::fs::metadata(&jp).unwrap().len(),
+            big_journal,
+            "the small journal reused the big one's file, stale records included"
+        );
+        if via_cli {
+            let out = sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;");
+            assert_eq!(out, format!("ok\n{}\n", count(&b)));
+        } else {
+            assert!(recover(&backup, Duration::from_secs(5)).unwrap());
+        }
+        assert!(
+            std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap(),
+            "rolled back to exactly the state before the small batch (cli={via_cli})"
+        );
+    }
 }
