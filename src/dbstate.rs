@@ -170,16 +170,6 @@ impl DbState {
         self.changed.notify_all();
     }
 
-    /// Clears the reported error once the consumer works again.
-    pub fn clear_error(&self) {
-        let mut p = lock(&self.progress);
-        if p.last_error.is_some() {
-            p.last_error = None;
-            drop(p);
-            self.control.set_error("");
-        }
-    }
-
     /// Waits until every transaction sealed (by any process) before the call is in the backup and
     /// every loss known at the call is repaired. Returns false on timeout.
     pub fn wait_synced(&self, timeout: Duration) -> bool {

@@ -213,9 +213,8 @@ impl Consumer {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
             let step = match outcome {
                 Ok(Ok(step)) => {
-                    if self.failures > 0 {
-                        self.state.clear_error();
-                    }
+                    // `last_error` keeps the problem for the record (see spool_status); `state`
+                    // says whether we are failing now.
                     self.failures = 0;
                     step
                 }
@@ -399,12 +398,16 @@ impl Consumer {
             self.cursor.reader.as_ref().map(|r| r.file.clone()),
         );
         let last = records.last().map(|r| r.info).ok_or("empty batch")?;
-        self.apply_sized(
-            &writes,
-            last.db_size,
-            last.page_size,
-            bump_needed(&records, false),
-        )?;
+        let bump = bump_needed(&records, false);
+        if let Err(e) = self.apply_sized(&writes, last.db_size, last.page_size, bump) {
+            // Reading advanced the cursor past records that are not in the backup: go back to
+            // the last applied position so the retry reads them again.
+            self.cursor = Cursor {
+                reader: None,
+                at: applied.pos,
+            };
+            return Err(e);
+        }
         c.publish_applied(prev);
         self.last_work = Instant::now();
         if c.sealed().seq == prev.seq {
