@@ -116,6 +116,9 @@ struct Consumer {
     last_check: Instant,
     /// When a record was last applied (the consumer polls for a while after).
     last_work: Instant,
+    /// `bytes_captured` at the last look, and when it last changed (this process writing).
+    seen_captured: u64,
+    last_local_write: Instant,
 }
 
 /// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
@@ -157,6 +160,8 @@ pub fn start(
         backup_fp: None,
         last_check: Instant::now(),
         last_work: Instant::now(),
+        seen_captured: 0,
+        last_local_write: Instant::now(),
     };
     let handle = std::thread::Builder::new()
         .name("spoolvfs-consumer".to_string())
@@ -236,6 +241,7 @@ impl Consumer {
             if self.should_stop() {
                 break;
             }
+            self.prefault();
             if let Step::Idle = step {
                 self.idle_wait();
             }
@@ -245,6 +251,25 @@ impl Consumer {
         }
         lock(&self.state.progress).phase = Phase::Stopped;
         self.state.changed.notify_all();
+    }
+
+    /// Populates the next window of this process's spool mapping ahead of its writer, so that
+    /// commits copy into memory that is already mapped (no page fault on the commit path).
+    fn prefault(&mut self) {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        let window = lock(&self.state.capture).spool.prefault_window();
+        if let Some((map, from, len)) = window {
+            // SAFETY: [from, from + len) lies inside the mapping (prefault_window clamps it to the
+            // mapping's length), which the Arc keeps alive. Populating only faults pages in; it
+            // does not change their contents. Failure (old kernel) just leaves faults to the writer.
+            unsafe {
+                libc::madvise(
+                    map.as_mut_ptr().add(from) as *mut libc::c_void,
+                    len,
+                    MADV_POPULATE_WRITE,
+                )
+            };
+        }
     }
 
     /// Sleeps until there may be work: a short poll while records flow, a longer parked sleep
@@ -258,7 +283,15 @@ impl Consumer {
                 .recv_timeout(TICK * self.failures.min(20));
             return;
         }
-        if self.lock_file.is_some() && self.last_work.elapsed() < STAY_AWAKE {
+        let captured = self.state.bytes_captured.load(Ordering::Relaxed);
+        if captured != self.seen_captured {
+            // This process is writing: keep its mapping populated ahead, at the poll cadence.
+            self.seen_captured = captured;
+            self.last_local_write = Instant::now();
+        }
+        let busy = (self.lock_file.is_some() && self.last_work.elapsed() < STAY_AWAKE)
+            || self.last_local_write.elapsed() < STAY_AWAKE;
+        if busy {
             let _ = self.state.doorbell_rx.recv_timeout(POLL);
             return;
         }

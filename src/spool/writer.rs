@@ -1,7 +1,11 @@
 //! Appending captured transactions to the shared segment stream. Runs inside SQLite's VFS calls,
-//! on the writer's hot path: a page costs one memcpy into `buf`; the buffer reaches the file (one
-//! `pwrite`) when it fills or when the transaction is sealed. No fsync unless `durable` is set:
-//! data in the OS page cache survives kill -9 of the process.
+//! on the writer's hot path, so the common case is a memcpy: a segment is preallocated
+//! (`fallocate`) and mapped `MAP_SHARED` (memmap2), and entries are copied straight into the
+//! mapping; sealing publishes the new tail in the control file, with no syscall at all. The page
+//! faults of first touches are taken off the commit path too: the consumer thread of the same
+//! process populates the window ahead of the write position (`prefault_window`,
+//! `MADV_POPULATE_WRITE`) before the writer gets there. Data in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process; only
+//! `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
 //!
 //! All processes append to one stream. That is safe without a lock of our own because every
 //! capture happens while the process holds the database's write lock (EXCLUSIVE for database
@@ -13,19 +17,36 @@
 //!   visible to consumers before `seal` publishes it in the control file.
 //! - Bytes past the published tail are garbage (an aborted or crashed transaction) that the next
 //!   transaction overwrites; readers never read past the published tail of the tail segment.
-//! - Memory is bounded by `FLUSH_AT` whatever the transaction size.
+//! - Only bytes whose blocks `fallocate` reserved are ever written through the mapping: a store
+//!   into a mapped hole on a full filesystem raises SIGBUS and would kill the application. Without
+//!   a reservation (full disk, a filesystem without fallocate) and past the reserved capacity
+//!   (a transaction larger than the rest of the segment) the writer uses `pwrite`, whose errors
+//!   are ordinary `ENOSPC`/`EIO` results.
+//! - Memory: the writer holds no buffer; pages it wrote through the mapping are dropped from its
+//!   page tables every few MiB (`MADV_DONTNEED`; the data stays in the page cache), so neither a
+//!   huge transaction nor a long run grows the process's resident set.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+
+use std::sync::Arc;
+
+use memmap2::MmapRaw;
 
 use super::control::{Control, SealedState};
 use super::format::{self, CommitInfo, EntryKind, SEGMENT_HEADER_LEN};
 use super::segment_path;
 
-/// Buffered bytes that trigger a write to the segment file.
-const FLUSH_AT: usize = 1 << 20;
+/// Room reserved past `rotate_at` so that transactions starting near the end of a segment still
+/// fit in the mapping.
+const SEGMENT_SLACK: u64 = 4 << 20;
+/// Written bytes after which the mapping's pages are released from our page tables.
+const RELEASE_EVERY: u64 = 4 << 20;
+/// How far ahead of the write position the mapping is kept populated.
+const PREFAULT_WINDOW: u64 = 8 << 20;
 
 /// Where a sealed transaction ends: readers may read `segment` up to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,16 +55,142 @@ pub struct SealedPos {
     pub end: u64,
 }
 
+/// The segment this process appends to.
 struct OpenSegment {
     no: u64,
     file: File,
+    /// Mapping of the reserved (fallocated) start of the file, if the reservation succeeded.
+    /// Shared with the consumer thread only for populating it ahead (`prefault_window`).
+    map: Option<Arc<MmapRaw>>,
+    /// Bytes of the mapping below this offset were released from our page tables.
+    released: u64,
+    /// Where the next byte will be written (the published tail when no transaction is open).
+    write_pos: u64,
+    /// The mapping is (being) populated up to here.
+    populated_to: u64,
 }
 
-/// The open transaction: where it started and how much of it reached the file.
+impl OpenSegment {
+    /// Opens segment `no` (creating it with its header when `create`) and maps its first
+    /// `capacity` bytes if they can be reserved.
+    fn open(
+        dir: &std::path::Path,
+        no: u64,
+        create: bool,
+        capacity: u64,
+    ) -> io::Result<OpenSegment> {
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(segment_path(dir, no))?;
+        let map = if reserve(&file, capacity) {
+            memmap2::MmapOptions::new()
+                .len(capacity as usize)
+                .map_raw(&file)
+                .ok()
+                .map(Arc::new)
+        } else {
+            None
+        };
+        let mut seg = OpenSegment {
+            no,
+            file,
+            map,
+            released: 0,
+            write_pos: 0,
+            populated_to: 0,
+        };
+        if create {
+            seg.write_at(0, &format::encode_segment_header(no, crate::util::now_us()))?;
+        }
+        Ok(seg)
+    }
+
+    /// Writes `bytes` at `pos`: through the mapping where it covers them, with `pwrite` beyond.
+    fn write_at(&mut self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+        if let Some(e) = crate::faults::io_error("spool_enospc", libc::ENOSPC) {
+            return Err(e);
+        }
+        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
+        let in_map = mapped.saturating_sub(pos).min(bytes.len() as u64) as usize;
+        if let Some(m) = self.map.as_ref().filter(|_| in_map > 0) {
+            // SAFETY: [pos, pos + in_map) is inside the mapping (in_map is clamped to its length),
+            // whose blocks were reserved by fallocate, so the store cannot raise SIGBUS. Nobody
+            // else writes this range now: writers append only under the database's write lock,
+            // and the consumer reads segments with pread, never through this mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    m.as_mut_ptr().add(pos as usize),
+                    in_map,
+                )
+            };
+        }
+        if in_map < bytes.len() {
+            self.file
+                .write_all_at(&bytes[in_map..], pos + in_map as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Drops mapped pages below `pos` from our page tables once enough accumulated.
+    fn release_below(&mut self, pos: u64) {
+        self.write_pos = pos;
+        let Some(m) = self.map.as_ref() else { return };
+        let end = pos.min(m.len() as u64) & !(page_size() - 1);
+        if end < self.released + RELEASE_EVERY {
+            return;
+        }
+        let start = self.released;
+        // SAFETY: [start, end) lies inside our mapping and is page aligned. For a shared file
+        // mapping MADV_DONTNEED only drops page-table entries (dirty pages stay dirty in the page
+        // cache and reach the file); later accesses fault the same data back in.
+        let r = unsafe {
+            libc::madvise(
+                m.as_mut_ptr().add(start as usize) as *mut libc::c_void,
+                (end - start) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r == 0 {
+            self.released = end;
+        }
+    }
+
+    /// Makes `[start, end)` durable (durable mode only).
+    fn sync(&self, start: u64, end: u64) -> io::Result<()> {
+        if let Some(m) = self.map.as_deref() {
+            let lo = start.min(m.len() as u64) as usize;
+            let hi = end.min(m.len() as u64) as usize;
+            if hi > lo {
+                m.flush_range(lo, hi - lo)?;
+            }
+        }
+        // Also covers bytes written with pwrite and the conversion of reserved blocks.
+        self.file.sync_data()
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+/// Reserves blocks for the first `len` bytes of `file` (extending it); false if impossible.
+fn reserve(file: &File, len: u64) -> bool {
+    // SAFETY: a valid fd; mode 0 allocates blocks for the range and extends the file size.
+    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) == 0 }
+}
+
+/// The open transaction: where it started and how much of it was written.
 struct Txn {
     segment: u64,
     start: u64,
-    flushed: u64,
+    len: u64,
     pages: u32,
 }
 
@@ -53,7 +200,6 @@ pub struct SpoolWriter {
     durable: bool,
     rotate_at: u64,
     seg: Option<OpenSegment>,
-    buf: Vec<u8>,
     txn: Option<Txn>,
     /// Bytes of transactions sealed by this process (for the status report).
     pub bytes_sealed: u64,
@@ -66,7 +212,6 @@ impl SpoolWriter {
             durable,
             rotate_at,
             seg: None,
-            buf: Vec::new(),
             txn: None,
             bytes_sealed: 0,
         }
@@ -77,22 +222,28 @@ impl SpoolWriter {
         self.txn.as_ref().map_or(0, |t| t.pages)
     }
 
-    fn open_segment(&mut self, no: u64, create: bool) -> io::Result<()> {
-        if !create && self.seg.as_ref().is_some_and(|s| s.no == no) {
-            return Ok(());
+    /// The next part of the mapping to populate ahead of the write position, if a good part of
+    /// the window is missing: `(mapping, offset, length)`. The caller (the consumer thread)
+    /// populates it outside the capture lock; the `Arc` keeps the mapping alive meanwhile.
+    pub fn prefault_window(&mut self) -> Option<(Arc<MmapRaw>, usize, usize)> {
+        let seg = self.seg.as_mut()?;
+        let map = seg.map.as_ref()?;
+        let len = map.len() as u64;
+        let page = page_size();
+        let from = seg.populated_to.max(seg.write_pos) & !(page - 1);
+        let to = (seg.write_pos + PREFAULT_WINDOW).min(len);
+        if to < from + PREFAULT_WINDOW / 4 && to < len {
+            return None;
         }
-        std::fs::create_dir_all(&self.dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(create)
-            .open(segment_path(&self.dir, no))?;
-        if create {
-            file.write_all_at(&format::encode_segment_header(no, crate::util::now_us()), 0)?;
+        if to <= from {
+            return None;
         }
-        self.seg = Some(OpenSegment { no, file });
-        Ok(())
+        seg.populated_to = to;
+        Some((map.clone(), from as usize, (to - from) as usize))
+    }
+
+    fn capacity(&self) -> u64 {
+        self.rotate_at.saturating_add(SEGMENT_SLACK)
     }
 
     /// Starts a transaction at the published tail (caller holds the database's write lock).
@@ -101,44 +252,46 @@ impl SpoolWriter {
             return Ok(());
         }
         let tail = control.sealed().pos;
+        let capacity = self.capacity();
         let (segment, start) = if tail.segment == 0 || tail.end >= self.rotate_at {
             // Rotation happens only between transactions: no transaction spans two segments.
             let next = tail.segment + 1;
-            self.open_segment(next, true)?;
+            self.seg = Some(OpenSegment::open(&self.dir, next, true, capacity)?);
             (next, SEGMENT_HEADER_LEN as u64)
         } else {
-            self.open_segment(tail.segment, false)?;
+            if self.seg.as_ref().is_none_or(|s| s.no != tail.segment) {
+                self.seg = Some(OpenSegment::open(&self.dir, tail.segment, false, capacity)?);
+            }
             (tail.segment, tail.end)
         };
-        self.buf.clear();
+        if let Some(seg) = self.seg.as_mut() {
+            seg.write_pos = start;
+        }
         self.txn = Some(Txn {
             segment,
             start,
-            flushed: 0,
+            len: 0,
             pages: 0,
         });
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        let (Some(seg), Some(txn)) = (self.seg.as_ref(), self.txn.as_mut()) else {
+    /// Appends `parts` (written back to back) to the open transaction.
+    fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let (Some(seg), Some(txn)) = (self.seg.as_mut(), self.txn.as_mut()) else {
             return Err(io::Error::other("no open spool transaction"));
         };
-        if !self.buf.is_empty() {
-            if let Some(e) = crate::faults::io_error("spool_enospc", libc::ENOSPC) {
-                return Err(e);
-            }
-            seg.file.write_all_at(&self.buf, txn.start + txn.flushed)?;
-            txn.flushed += self.buf.len() as u64;
-            self.buf.clear();
+        for p in parts {
+            seg.write_at(txn.start + txn.len, p)?;
+            txn.len += p.len() as u64;
         }
+        seg.release_below(txn.start + txn.len);
         Ok(())
     }
 
     /// Forgets the open transaction and the open segment after an error.
     fn reset(&mut self) {
         self.seg = None;
-        self.buf.clear();
         self.txn = None;
     }
 
@@ -153,14 +306,10 @@ impl SpoolWriter {
 
     fn append_inner(&mut self, control: &Control, offset: u64, data: &[u8]) -> io::Result<()> {
         self.begin(control)?;
-        self.buf
-            .extend_from_slice(&format::encode_entry_header(EntryKind::Page, offset, data));
-        self.buf.extend_from_slice(data);
+        let header = format::encode_entry_header(EntryKind::Page, offset, data);
+        self.push(&[&header, data])?;
         if let Some(t) = self.txn.as_mut() {
             t.pages += 1;
-        }
-        if self.buf.len() >= FLUSH_AT {
-            self.flush()?;
         }
         Ok(())
     }
@@ -179,22 +328,18 @@ impl SpoolWriter {
         self.begin(control)?;
         let seq = control.next_seq();
         let payload = format::encode_commit(info);
-        self.buf.extend_from_slice(&format::encode_entry_header(
-            EntryKind::Commit,
-            seq,
-            &payload,
-        ));
-        self.buf.extend_from_slice(&payload);
-        self.flush()?;
+        let header = format::encode_entry_header(EntryKind::Commit, seq, &payload);
+        self.push(&[&header, &payload])?;
         let (Some(seg), Some(txn)) = (self.seg.as_ref(), self.txn.take()) else {
             return Err(io::Error::other("no open spool transaction"));
         };
+        let end = txn.start + txn.len;
         if self.durable {
-            seg.file.sync_data()?;
+            seg.sync(txn.start, end)?;
         }
         let pos = SealedPos {
             segment: txn.segment,
-            end: txn.start + txn.flushed,
+            end,
         };
         if control.applied().seq + 1 == seq {
             control.set_behind_since(info.sealed_us);
@@ -204,7 +349,7 @@ impl SpoolWriter {
             pos,
             sealed_us: info.sealed_us,
         });
-        self.bytes_sealed += txn.flushed;
+        self.bytes_sealed += txn.len;
         Ok((seq, pos))
     }
 
@@ -212,6 +357,5 @@ impl SpoolWriter {
     /// next transaction overwrites.
     pub fn abort(&mut self) {
         self.txn = None;
-        self.buf.clear();
     }
 }
