@@ -28,7 +28,11 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=120)
     args = ap.parse_args()
 
-    uri = f"file:{urllib.parse.quote(args.backup, safe='/')}?mode=ro"
+    # An ordinary read-write open, as any SQLite reader would use: if the process applying to the
+    # backup is killed mid-apply, the hot journal it leaves must be rolled back by the next
+    # reader, which a `mode=ro` connection refuses to do (SQLITE_READONLY_ROLLBACK: an error,
+    # never a wrong state). This reader only ever reads.
+    uri = f"file:{urllib.parse.quote(args.backup, safe='/')}?mode=rw"
     reads = busy = violations = 0
     states: set[int] = set()
     last_txn = -1
