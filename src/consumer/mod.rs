@@ -317,6 +317,31 @@ impl Consumer {
         self.lock_file.is_none() || self.caught_up() || Instant::now() >= stop_by
     }
 
+    /// Handles a spool directory that was deleted or replaced while in use: the active consumer
+    /// recreates the control file (marking the old one moved), everyone else follows; either way
+    /// this consumer starts over on the new spool (its lock, its cursor) and the loss of the old
+    /// stream's records is repaired by a resync.
+    fn follow_spool(&mut self) -> Result<(), String> {
+        let c = self.state.control.clone();
+        let err = |e: io::Error| format!("spool directory {}: {e}", self.state.cfg.spool.display());
+        let moved = c.follow().map_err(err)?
+            || (self.lock_file.is_some() && c.relocate_if_gone().map_err(err)?);
+        if moved {
+            self.state.report_error(format!(
+                "spool directory {} was deleted or replaced: recreated, resyncing",
+                self.state.cfg.spool.display()
+            ));
+            self.lock_file = None;
+            self.cursor = Cursor {
+                reader: None,
+                at: SealedPos::default(),
+            };
+            self.backup_fp = None;
+            lock(&self.state.progress).active = false;
+        }
+        Ok(())
+    }
+
     /// Becomes the active consumer if the lock is free. On becoming active without any other
     /// live user of the database, nothing vouches for the backup: verify it with a resync.
     fn try_activate(&mut self) -> Result<bool, String> {
@@ -350,6 +375,7 @@ impl Consumer {
         if crate::faults::active("consumer_panic") {
             panic!("injected consumer panic");
         }
+        self.follow_spool()?;
         if !self.try_activate()? {
             self.set_phase(Phase::Live);
             return Ok(Step::Idle);

@@ -25,6 +25,7 @@
 //! 152  consumer_pid          active consumer
 //! 160  consumer_beat_us      active consumer                 heartbeat
 //! 168  behind_since_us       writer / consumer               seal time of the oldest unapplied
+//! 176  moved                 active consumer                 1: the spool was recreated, follow
 //! 256  pids[64]              each process                    processes that have the db open
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
 //! ```
@@ -34,8 +35,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
@@ -65,6 +67,7 @@ const RESYNCS: usize = 144;
 const CONSUMER_PID: usize = 152;
 const CONSUMER_BEAT: usize = 160;
 const BEHIND_SINCE: usize = 168;
+const MOVED: usize = 176;
 const PIDS: usize = 256;
 const MAX_PIDS: usize = 64;
 const ERROR_LEN: usize = 1024;
@@ -91,49 +94,130 @@ pub struct AppliedState {
     pub wal_frames: u64,
 }
 
-/// A mapped control file.
-pub struct Control {
+/// One mapping of a control file, kept for the life of the `Control` (see `Control`).
+struct Mapping {
     map: MmapMut,
     _file: File,
+}
+
+/// The mapped control file of one spool directory.
+///
+/// If the spool directory is deleted (or the control file replaced) while processes use it, the
+/// active consumer creates a new control file at the path and marks the old one `moved`; every
+/// process then follows (`follow`). A `Control` therefore owns every mapping it ever used and
+/// reads through the newest (`base`): references handed out by `word` stay valid because no
+/// mapping is unmapped before the `Control` is dropped (a deleted spool costs 4 KiB of address
+/// space per process).
+pub struct Control {
+    path: PathBuf,
+    base: AtomicPtr<u8>,
+    ino: AtomicU64,
+    maps: Mutex<Vec<Mapping>>,
+}
+
+/// Opens (creating if needed) and maps the control file at `path`; returns it and its inode.
+fn map_control(path: &Path) -> io::Result<(Mapping, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.len() < SIZE {
+        // Growing with zeros is safe against a concurrent opener doing the same.
+        file.set_len(SIZE)?;
+    }
+    // SAFETY: the file is SIZE bytes and stays that size (nobody truncates it); other processes
+    // change it concurrently, which is why every access goes through atomics.
+    let mut map = unsafe { MmapMut::map_mut(&file) }?;
+    let magic_at = map.as_mut_ptr() as *const AtomicU64;
+    // SAFETY: the mapping is page aligned and at least 8 bytes; accessed atomically, as above.
+    let magic = unsafe { &*magic_at };
+    match magic.load(Ordering::Acquire) {
+        MAGIC => {}
+        0 => magic.store(MAGIC, Ordering::Release),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "spool control file has a foreign format",
+            ));
+        }
+    }
+    Ok((Mapping { map, _file: file }, meta.ino()))
 }
 
 impl Control {
     /// Opens (creating if needed) the control file of spool directory `dir`.
     pub fn open(dir: &Path) -> io::Result<Control> {
-        std::fs::create_dir_all(dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join("control"))?;
-        if file.metadata()?.len() < SIZE {
-            // Growing with zeros is safe against a concurrent opener doing the same.
-            file.set_len(SIZE)?;
+        let path = dir.join("control");
+        let (mut m, ino) = map_control(&path)?;
+        Ok(Control {
+            path,
+            base: AtomicPtr::new(m.map.as_mut_ptr()),
+            ino: AtomicU64::new(ino),
+            maps: Mutex::new(vec![m]),
+        })
+    }
+
+    fn switch_to(&self, mut m: Mapping, ino: u64) {
+        let mut maps = self
+            .maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.base.store(m.map.as_mut_ptr(), Ordering::Release);
+        self.ino.store(ino, Ordering::Release);
+        maps.push(m);
+    }
+
+    /// If the control file we use was marked moved (the spool was recreated), switches to the one
+    /// at the path, registers this process there and records the loss (records sealed into the
+    /// old stream are gone). Returns whether it switched.
+    pub fn follow(&self) -> io::Result<bool> {
+        if self.load(MOVED) == 0 {
+            return Ok(false);
         }
-        // SAFETY: the file is SIZE bytes and stays that size (nobody truncates it); other
-        // processes change it concurrently, which is why every access goes through atomics.
-        let map = unsafe { MmapMut::map_mut(&file) }?;
-        let c = Control { map, _file: file };
-        let magic = c.word(0).load(Ordering::Acquire);
-        if magic != MAGIC {
-            if magic != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "spool control file has a foreign format",
-                ));
-            }
-            c.word(0).store(MAGIC, Ordering::Release);
+        let (m, ino) = map_control(&self.path)?;
+        if ino == self.ino.load(Ordering::Acquire) {
+            return Ok(false);
         }
-        Ok(c)
+        self.switch_to(m, ino);
+        self.register_pid(std::process::id() as u64);
+        self.bump_lost();
+        Ok(true)
+    }
+
+    /// Active consumer: if the control file at the path is gone or is not ours any more (the
+    /// spool directory was deleted or replaced), opens or creates the one at the path, marks ours
+    /// moved so every process follows, switches to it and records the loss. Returns whether it
+    /// relocated.
+    pub fn relocate_if_gone(&self) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.ino() == self.ino.load(Ordering::Acquire) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (m, ino) = map_control(&self.path)?;
+        self.store(MOVED, 1);
+        self.switch_to(m, ino);
+        self.register_pid(std::process::id() as u64);
+        self.bump_lost();
+        Ok(true)
     }
 
     fn word(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off.is_multiple_of(8) && off + 8 <= SIZE as usize);
-        let p = self.map.as_ptr().wrapping_add(off) as *const AtomicU64;
-        // SAFETY: in bounds and 8-aligned (the mapping is page-aligned, `off` a multiple of 8);
-        // the memory lives as long as `self.map`; AtomicU64 has the layout of u64 and all access
-        // to the shared mapping is atomic.
+        let p = self.base.load(Ordering::Acquire).wrapping_add(off) as *const AtomicU64;
+        // SAFETY: `base` points at the start of one of our mappings (SIZE bytes, page aligned),
+        // all of which live as long as `self` (never removed from `maps`), so the reference
+        // cannot outlive its memory; `off` is in bounds and 8-aligned; AtomicU64 has the layout
+        // of u64, and every access to the shared mapping is atomic.
         unsafe { &*p }
     }
 
@@ -410,5 +494,47 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("control"), vec![0xAB; 4096]).unwrap();
         assert!(Control::open(&d).is_err());
+    }
+
+    #[test]
+    fn a_deleted_spool_is_recreated_and_followed() {
+        let d = dir("moved");
+        let active = Control::open(&d).unwrap();
+        let other = Control::open(&d).unwrap();
+        active.publish_sealed(SealedState {
+            seq: 9,
+            pos: SealedPos {
+                segment: 2,
+                end: 50,
+            },
+            sealed_us: 1,
+        });
+        assert!(!active.relocate_if_gone().unwrap(), "nothing happened yet");
+        std::fs::remove_dir_all(&d).unwrap();
+        // Both still work on the unlinked file...
+        assert_eq!(other.sealed().seq, 9);
+        // ...until the active consumer notices and recreates the spool.
+        let gen_before = active.lost_gen();
+        assert!(active.relocate_if_gone().unwrap());
+        assert!(d.join("control").exists());
+        assert_eq!(active.sealed().seq, 0, "a fresh stream");
+        assert!(
+            active.lost_gen() > gen_before,
+            "the old stream's records are lost: resync"
+        );
+        // The other process follows at its next look and shares the new state.
+        assert!(other.follow().unwrap());
+        assert!(!other.follow().unwrap(), "following twice is a no-op");
+        active.publish_sealed(SealedState {
+            seq: 1,
+            pos: SealedPos {
+                segment: 1,
+                end: 40,
+            },
+            sealed_us: 2,
+        });
+        assert_eq!(other.sealed().seq, 1);
+        let third = Control::open(&d).unwrap();
+        assert_eq!(third.sealed().seq, 1, "newcomers open the new file");
     }
 }

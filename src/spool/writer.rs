@@ -251,6 +251,10 @@ impl SpoolWriter {
         if self.txn.is_some() {
             return Ok(());
         }
+        if control.follow()? {
+            // The spool directory was recreated: our segment is gone with the old stream.
+            self.seg = None;
+        }
         let tail = control.sealed().pos;
         let capacity = self.capacity();
         let (segment, start) = if tail.segment == 0 || tail.end >= self.rotate_at {
