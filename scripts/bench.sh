@@ -16,7 +16,8 @@
 # nothing), compiles c/bench.c against the system SQLite, finds or builds sqlite3_rsync (SQLite
 # >= 3.47, not in Debian 12: built from the SQLite source package of Debian unstable, full runs
 # only), installs matplotlib if missing, then runs scripts/bench.py.
-# Environment: BENCH_DIR (where the benchmark files live; default target/bench), SPOOLVFS_LIB
+# Environment: BENCH_DIR (where the benchmark files live; default target/bench), BENCH_OUT (where
+# the results go; default bench, the committed ones), SPOOLVFS_LIB
 # (measure this library instead of building one), SQLITE3_RSYNC (path to a sqlite3_rsync).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,5 +103,5 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 
 exec python3 scripts/bench.py --mode "$mode" --bin target/c/bench --lib "$work/libspoolvfs.so" \
-  --work "$work" --out bench --rsync "$rsync_bin" --rsync-note "$rsync_note" \
+  --work "$work" --out "${BENCH_OUT:-bench}" --rsync "$rsync_bin" --rsync-note "$rsync_note" \
   --command "scripts/bench.sh --$mode"
