@@ -90,14 +90,6 @@ def check_plain(path, what):
     return None
 
 
-def dump(con_execute):
-    h = hashlib.sha256()
-    for table in ("accounts", "log", "junk"):
-        for row in con_execute(f"select * from {table} order by 1"):
-            h.update(repr(row).encode())
-    return h.hexdigest()
-
-
 def run_mode(args, mode, rnd, stats):
     work = tempfile.mkdtemp(prefix=f"spoolvfs-torture-{mode}-", dir=args.dir)
     db = os.path.join(work, "app.db")

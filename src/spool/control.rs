@@ -185,10 +185,16 @@ impl Control {
         if ino == self.ino.load(Ordering::Acquire) {
             return Ok(false);
         }
+        self.adopt(m, ino);
+        Ok(true)
+    }
+
+    /// Switches to mapping `m` of a recreated spool: registers this process there and records the
+    /// loss (records sealed into the old stream are gone).
+    fn adopt(&self, m: Mapping, ino: u64) {
         self.switch_to(m, ino);
         self.register_pid(std::process::id() as u64);
         self.bump_lost();
-        Ok(true)
     }
 
     /// Active consumer: if the control file at the path is gone or is not ours any more (the
@@ -205,9 +211,7 @@ impl Control {
         }
         let (m, ino) = map_control(&self.path)?;
         self.store(MOVED, 1);
-        self.switch_to(m, ino);
-        self.register_pid(std::process::id() as u64);
-        self.bump_lost();
+        self.adopt(m, ino);
         Ok(true)
     }
 
