@@ -14,7 +14,6 @@ the source row for row.
 """
 
 import argparse
-import hashlib
 import os
 import random
 import shutil
