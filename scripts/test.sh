@@ -4,9 +4,15 @@
 #   cargo test      the unit and integration tests of the pure modules pass
 #   build           `cargo build --release` produces target/release/libspoolvfs.so
 #   c drivers       c/spool_writer.c compiles against the system SQLite (c/spoolvfs.h is valid C)
+#   fault build     the test-only build with fault injection (`--features fault-inject`, in
+#                   target/faults), exported as SPOOLVFS_FAULT_LIB for tests/e2e/test_faults.py
 #   e2e             tests/e2e: the built extension, loaded into apsw, the system sqlite3 shell and
 #                   a C program, keeps a backup that is always one committed state of the source
-#                   and converges to it byte for byte, across journal modes, crashes and processes
+#                   and converges to it byte for byte, across journal modes, crashes and processes,
+#                   injected and real faults (disk full, EIO, panics), bad configuration,
+#                   out-of-band writes, consumer takeover and a damaged or deleted spool
+#   torture         scripts/torture.py: kill -9 of several writer processes at random points
+#                   (4 rounds x 3 writers per journal family); any broken invariant fails it
 # Every step runs even when an earlier one failed (except those that need the build); a summary
 # closes the output, and the exit status is non-zero if any step failed. Installs nothing (see
 # .ci/run for that). Extra arguments go to pytest, e.g. `scripts/test.sh -k cli -x`.
@@ -24,9 +30,20 @@ if step build cargo build --release; then
   step "c drivers" gcc -O2 -Wall -Wextra -Werror -o target/c/spool_writer c/spool_writer.c \
     -lsqlite3 || true
   export SPOOLVFS_LIB="${SPOOLVFS_LIB:-$(realpath "${CARGO_TARGET_DIR:-target}")/release/libspoolvfs.so}"
-  step e2e python3 -m pytest -q -p no:cacheprovider -rfE tests/e2e "$@" || true
+  fault_target="${CARGO_TARGET_DIR:-target}/faults"
+  if step "fault build" cargo build --release --features fault-inject --target-dir "$fault_target"
+  then
+    export SPOOLVFS_FAULT_LIB="${SPOOLVFS_FAULT_LIB:-$(realpath "$fault_target")/release/libspoolvfs.so}"
+  else
+    # never test a stale fault build: the fault tests ERROR on a missing library
+    export SPOOLVFS_FAULT_LIB="$(realpath -m "$fault_target")/release/fault-build-failed.so"
+  fi
+  step e2e python3 -m pytest -q -p no:cacheprovider -rfEs tests/e2e "$@" || true
+  step torture python3 scripts/torture.py --lib "$SPOOLVFS_LIB" --rounds 4 --writers 3 || true
 else
   skip "c drivers" "build failed"
+  skip "fault build" "build failed"
   skip e2e "build failed"
+  skip torture "build failed"
 fi
 summary

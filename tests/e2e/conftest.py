@@ -5,6 +5,9 @@ Environment:
   SPOOLVFS_SEED   base seed of every randomized test (default: random, printed in the header
                   and in every assertion message that depends on it)
   SPOOLVFS_STEPS  workload steps per randomized case (default: 120)
+  SPOOLVFS_FAULT_LIB  the fault-injection build (`cargo build --release --features fault-inject
+                  --target-dir target/faults`; default: target/faults/release/libspoolvfs.so),
+                  loaded only by helper processes of test_faults.py
 A missing or unloadable extension makes every test ERROR (never skip).
 """
 
@@ -126,3 +129,27 @@ def child_env(spoolvfs) -> dict:
     env["SPOOLVFS_LIB"] = str(spoolvfs)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     return env
+
+
+@pytest.fixture(scope="session")
+def fault_lib() -> Path:
+    """Path of the fault-injection build. Missing, or built without the feature: ERROR (never
+    skip), since the fault tests would otherwise prove nothing."""
+    path = sh.fault_lib_path()
+    if not path.is_file():
+        pytest.fail(
+            f"{path} does not exist: run `cargo build --release --features fault-inject "
+            "--target-dir target/faults` or set SPOOLVFS_FAULT_LIB"
+        )
+    if b"SPOOLVFS_FAULTS_FILE" not in path.read_bytes():
+        pytest.fail(f"{path} was built without `--features fault-inject`")
+    return path
+
+
+@pytest.fixture
+def fault_env(child_env, fault_lib, tmp_path) -> dict:
+    """Environment for helper processes that load the fault build; faults are read from the file
+    `env["SPOOLVFS_FAULTS_FILE"]` (created empty: no fault active)."""
+    faults = tmp_path / "faults"
+    faults.write_text("")
+    return dict(child_env, SPOOLVFS_LIB=str(fault_lib), SPOOLVFS_FAULTS_FILE=str(faults))

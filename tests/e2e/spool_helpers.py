@@ -578,3 +578,195 @@ class SqlChild:
         self.proc.stdin.close()
         rc = self.proc.wait(timeout=120)
         assert rc == 0, f"child exited {rc}: {self.proc.stderr.read()[-2000:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness suite (test_faults, test_config, test_outofband, test_takeover, test_spool_lost)
+
+
+def fault_lib_path() -> Path:
+    """The fault-injection build: `$SPOOLVFS_FAULT_LIB`, else `faults/release/libspoolvfs.so` in
+    the cargo target directory (`cargo build --release --features fault-inject --target-dir
+    target/faults`)."""
+    env = os.environ.get("SPOOLVFS_FAULT_LIB")
+    if env:
+        return Path(env).resolve()
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
+    return (REPO_ROOT / target).resolve() / "faults" / "release" / "libspoolvfs.so"
+
+
+def spool_uri_params(db, **params) -> str:
+    """`file:` URI selecting the spool VFS with arbitrary extra parameters, in the order given
+    (`backup=`, `spool=`, `spool_drain_ms=`, deliberately wrong ones...)."""
+    uri = f"file:{_q(db)}?vfs=spool"
+    for name, value in params.items():
+        uri += f"&{name}={_q(value)}"
+    return uri
+
+
+def open_spool_uri(uri: str, busy_timeout_ms: int = 30000, **pragmas):
+    """Like `open_spool`, for a ready-made URI (see `spool_uri_params`)."""
+    import apsw
+
+    load_spoolvfs()
+    con = apsw.Connection(
+        uri, flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
+    con.set_busy_timeout(busy_timeout_ms)
+    for name, value in pragmas.items():
+        set_pragma(con, name, value)
+    return con
+
+
+def wait_until(probe, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    """Call `probe()` until it returns a truthy value and return that value; AssertionError after
+    `timeout` seconds (a generous deadline, not a performance requirement)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {what} within {timeout:.0f} s; last probe: {last!r}")
+        time.sleep(interval)
+
+
+def child_main() -> int:
+    """Body of a `DrivenChild` process (run with `python -c`): opens one spool connection and
+    serves requests line by line on stdin, answering `ok <JSON>` or `err <message>` per line.
+
+    Requests: an SQL text (answer: the rows), or `!converged <JSON [db, backup, context]>` (runs
+    `assert_backup_converged(..., allow_last_error=True)` on the connection; answer: the status).
+    With `--log FILE`, SQLite's error log (sqlite3_log) is appended to FILE as JSON lines
+    `[code, message]`; it is configured before SQLite initializes, as SQLITE_CONFIG_LOG requires.
+    """
+    import argparse
+    import sys
+
+    import apsw
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--uri", required=True)
+    ap.add_argument("--log")
+    ap.add_argument("--pragma", action="append", default=[])
+    args = ap.parse_args()
+    if args.log:
+        log = open(args.log, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
+
+        def on_log(code, msg):
+            log.write(json.dumps([code, msg]) + "\n")
+
+        apsw.shutdown()
+        apsw.config(apsw.SQLITE_CONFIG_LOG, on_log)
+    pragmas = dict(p.split("=", 1) for p in args.pragma)
+    con = open_spool_uri(args.uri, **pragmas)
+    print("ok []", flush=True)
+    for line in sys.stdin:
+        line = line.rstrip("\n")
+        try:
+            if line.startswith("!converged "):
+                db, backup, context = json.loads(line[len("!converged ") :])
+                st = assert_backup_converged(con, db, backup, context, allow_last_error=True)
+                reply = json.dumps(st)
+            else:
+                reply = json.dumps([list(r) for r in con.execute(line).fetchall()], default=repr)
+            print("ok " + reply, flush=True)
+        except Exception as exc:  # reported to the test, which decides
+            print("err " + repr(exc).replace("\n", " "), flush=True)
+    con.close()
+    return 0
+
+
+class DrivenChild:
+    """A process holding one spool connection (`child_main`), driven request by request.
+
+    Unlike `SqlChild` it takes any URI, loads whichever library `env["SPOOLVFS_LIB"]` names (the
+    fault build, say), can capture SQLite's error log (`log=`), and sends stderr to a file so a
+    test can assert on everything the process printed (`close()` returns it)."""
+
+    def __init__(self, start, env, uri: str, stderr_path, log=None, **pragmas):
+        import subprocess
+        import sys
+
+        args = [sys.executable, "-c", "import spool_helpers as s, sys; sys.exit(s.child_main())",
+                "--uri", uri]
+        if log is not None:
+            args += ["--log", log]
+        for name, value in pragmas.items():
+            args += ["--pragma", f"{name}={value}"]
+        self.stderr_path = Path(stderr_path)
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 (closed in close())
+        self.proc = start(args, env=env, stdin=subprocess.PIPE, stderr=self._stderr)
+        self.pid = self.proc.pid
+        first = self.proc.stdout.readline().strip()
+        assert first == "ok []", f"child failed to open {uri}: {first!r} {self.stderr()[-2000:]}"
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def request(self, line: str) -> tuple[bool, object]:
+        """Send one request; (True, decoded JSON) or (False, error text). EOF is an error."""
+        try:
+            self.proc.stdin.write(line.replace("\n", " ") + "\n")
+            self.proc.stdin.flush()
+            reply = self.proc.stdout.readline().strip()
+        except (BrokenPipeError, ValueError, OSError) as exc:  # the process died (killed)
+            return False, f"process gone ({exc!r}; exit {self.proc.poll()})"
+        if reply.startswith("ok "):
+            return True, json.loads(reply[3:])
+        return False, reply or f"no reply (process exited: {self.proc.poll()})"
+
+    def sql(self, text: str) -> list:
+        ok, val = self.request(text)
+        assert ok, f"child {self.pid}: expected success of {text[:200]!r}, got {val}"
+        return val
+
+    def status(self) -> dict:
+        return json.loads(self.sql("SELECT spool_status()")[0][0])
+
+    def sync(self, timeout_ms: int = 30000) -> int:
+        return self.sql(f"SELECT spool_sync({int(timeout_ms)})")[0][0]
+
+    def converged(self, db, backup, context: str = "") -> dict:
+        """`assert_backup_converged` run inside the child; returns the status it saw."""
+        ok, val = self.request("!converged " + json.dumps([str(db), str(backup), context]))
+        assert ok, f"child {self.pid}: expected the backup to converge: {val}"
+        return val
+
+    def close(self, timeout: float = 120) -> tuple[int, str]:
+        """Close stdin (the child closes its connection and exits); (exit status, stderr)."""
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc = self.proc.wait(timeout=timeout)
+        self._stderr.close()
+        return rc, self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> int:
+        """SIGKILL (by pid) and reap; returns the exit status."""
+        self.proc.kill()
+        rc = self.proc.wait(timeout=60)
+        self._stderr.close()
+        return rc
+
+
+def read_committed_state(path, queries: dict[str, str], timeout: float = 30.0) -> dict:
+    """Run `queries` (name -> SQL) on the database at `path` with plain SQLite, read-only, inside
+    ONE read transaction (so all answers describe the same committed state), plus
+    `integrity_check`. Returns {name: rows, "integrity": text}."""
+    con = ro_connect(path, timeout=timeout)
+    con.isolation_level = None
+    try:
+        con.execute("BEGIN")
+        out = {name: con.execute(sql).fetchall() for name, sql in queries.items()}
+        rows = con.execute("PRAGMA integrity_check").fetchall()
+        out["integrity"] = "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:10])
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return out

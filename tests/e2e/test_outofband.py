@@ -1,0 +1,172 @@
+"""Changes the spool never saw: writes to the source without spoolvfs, and tampering with the
+backup (deleted, replaced by another database, modified with plain SQLite).
+
+This process (A) keeps a spool connection open throughout; the out-of-band writer is the system
+`sqlite3` shell (no extension) in another process. The product must notice on its own (an idle
+check of the source's change counter / WAL frames, the backup's identity and change counter) and
+repair the backup with a counted resync: spool_sync(30000) = 1 and the backup equal to the source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+
+import pytest
+
+import spool_helpers as sh
+
+ROWS = 400
+
+
+@pytest.fixture(scope="module")
+def sqlite3_cli() -> str:
+    path = shutil.which("sqlite3")
+    if path is None:
+        pytest.fail("the sqlite3 shell is required (Debian: apt-get install sqlite3)")
+    return path
+
+
+def cli(sqlite3_cli, db, sql: str) -> None:
+    """Run `sql` with the plain system shell (no extension loaded)."""
+    r = subprocess.run(
+        [sqlite3_cli, "-bail", "-cmd", ".timeout 30000", str(db), sql],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, f"expected the sqlite3 shell to run {sql!r}: {r.stderr}"
+
+
+def setup(connections, tmp_path, journal):
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode=journal)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    with con:
+        con.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+            " INSERT INTO t(k, v) SELECT i, randomblob(300) FROM n",
+            (ROWS,),
+        )
+    assert sh.spool_sync(con, 30000) == 1, "expected the initial spool_sync(30000) = 1"
+    return db, backup, con
+
+
+def a_writes(con, rng, n: int = 5) -> None:
+    for _ in range(n):
+        with con:
+            con.execute(
+                "UPDATE t SET v = randomblob(?) WHERE id = ?",
+                (rng.randint(10, 3000), rng.randint(1, ROWS)),
+            )
+            con.execute("INSERT INTO t(k, v) VALUES(?, randomblob(100))", (rng.randint(0, 99),))
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_write_without_spoolvfs_is_detected_while_idle(
+    connections, sqlite3_cli, tmp_path, rng, repro, journal
+):
+    """A keeps the db open through spool and is idle; the plain sqlite3 shell updates, inserts
+    and deletes rows. With no further write from A, spool_sync(30000) = 1, the backup equals the
+    source, resyncs increased and last_error mentions a write 'without spoolvfs'."""
+    ctx = f"{journal}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    a_writes(con, rng)
+    assert sh.spool_sync(con, 30000) == 1, (
+        f"expected spool_sync = 1 before the foreign write [{ctx}]"
+    )
+    resyncs0 = sh.spool_status(con)["resyncs"]
+    cli(
+        sqlite3_cli,
+        db,
+        "BEGIN; UPDATE t SET v = zeroblob(2000), k = -1 WHERE id % 7 = 0;"
+        " INSERT INTO t(k, v) VALUES(-2, zeroblob(5000)); DELETE FROM t WHERE id % 11 = 0; COMMIT;",
+    )
+    assert sh.scalar(con, "SELECT count(*) FROM t WHERE k = -2") == 1, (
+        f"A must see the shell's write [{ctx}]"
+    )
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after a write without spoolvfs, got {got}; "
+        f"{sh.spool_status(con)} [{ctx}]"
+    )
+    st = sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+    assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
+    assert st["last_error"] and "without spoolvfs" in st["last_error"], (
+        f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
+    )
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_deleted_backup_is_recreated(connections, tmp_path, rng, repro, journal):
+    """The backup file is deleted while A runs; after A's next writes, spool_sync(30000) = 1 and
+    a new backup equals the source."""
+    ctx = f"{journal}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    a_writes(con, rng)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the deletion [{ctx}]"
+    os.remove(backup)
+    a_writes(con, rng)
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after the backup was deleted, got {got}; "
+        f"{sh.spool_status(con)} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("how", ["renamed-over", "copied-over"])
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_backup_replaced_by_another_database(connections, tmp_path, rng, repro, journal, how):
+    """The backup is replaced by a copy of an unrelated database (renamed over it, or its bytes
+    overwritten in place); after A's next writes the backup converges to the source."""
+    ctx = f"{journal}, {how}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    a_writes(con, rng)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the replacement [{ctx}]"
+    other = tmp_path / "other.db"
+    o = sqlite3.connect(other)
+    o.execute("CREATE TABLE other(x)")
+    o.executemany("INSERT INTO other VALUES(?)", [(os.urandom(500),) for _ in range(50)])
+    o.commit()
+    o.close()
+    if how == "renamed-over":
+        shutil.copyfile(other, tmp_path / "tmp.db")
+        os.replace(tmp_path / "tmp.db", backup)
+    else:
+        with open(backup, "r+b") as f:
+            f.write(other.read_bytes())
+            f.truncate()
+    assert sh.logical_dump(backup) == sh.logical_dump(other), (
+        "setup: the backup now holds the other db"
+    )
+    a_writes(con, rng)
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after the backup was replaced, got {got}; "
+        f"{sh.spool_status(con)} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_backup_modified_with_plain_sqlite(connections, tmp_path, rng, repro, journal):
+    """Someone runs an UPDATE on the backup with plain SQLite; after A's next write and
+    spool_sync(30000) = 1, the backup equals the source again (the foreign change is undone)."""
+    ctx = f"{journal}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    a_writes(con, rng)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the tampering [{ctx}]"
+    b = sqlite3.connect(backup, timeout=30)
+    b.execute("UPDATE t SET k = -99, v = zeroblob(10) WHERE id % 3 = 0")
+    b.commit()
+    b.close()
+    a_writes(con, rng, 1)
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, f"expected spool_sync(30000) = 1, got {got}; {sh.spool_status(con)} [{ctx}]"
+    assert sh.scalar(sh.ro_connect(backup), "SELECT count(*) FROM t WHERE k = -99") == 0, (
+        f"expected the foreign UPDATE on the backup to be undone [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)

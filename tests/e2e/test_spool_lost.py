@@ -1,0 +1,217 @@
+"""The spool damaged or gone: deleted under a running process, its newest segment truncated
+(power loss of an unsynced tail), garbage written into a segment. The spool is only a means: any
+such loss must be detected (sequence numbers, checksums) and repaired by a resync, so the backup
+still converges to the source, and is never silently wrong.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import spool_helpers as sh
+
+
+def write_some(con, rng, n: int) -> None:
+    for _ in range(n):
+        with con:
+            con.execute(
+                "INSERT INTO t(k, v) VALUES(?, randomblob(?))",
+                (rng.randint(0, 999), rng.randint(10, 8000)),
+            )
+            con.execute(
+                "UPDATE t SET v = randomblob(?) WHERE id = ?",
+                (rng.randint(10, 3000), rng.randint(1, 50)),
+            )
+
+
+def segments(spool: Path) -> list[Path]:
+    return sorted(spool.glob("*.seg"), key=lambda p: (len(p.name), p.name))
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_spool_directory_deleted_while_open(connections, tmp_path, rng, repro, journal):
+    """`rm -rf` of the whole spool directory while a spool connection is open; the application
+    keeps committing (every transaction succeeds); spool_sync(30000) = 1 and the backup equals
+    the source."""
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode=journal, cache_size=20)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    write_some(con, rng, 60)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the deletion [{ctx}]"
+    spool = Path(sh.spool_status(con)["spool"])
+    assert spool.is_dir(), f"setup: spool directory {spool} exists [{ctx}]"
+    write_some(con, rng, 5)  # some of it possibly not applied yet
+    shutil.rmtree(spool)
+    write_some(con, rng, 40)
+    n = sh.scalar(con, "SELECT count(*) FROM t")
+    assert n == 105, f"expected all 105 inserts committed in the source, got {n} [{ctx}]"
+    got = sh.spool_sync(con, 30000)
+    st = sh.spool_status(con)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after the spool directory was deleted, got {got}; "
+        f"spool dir exists again: {spool.is_dir()}; status {st} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+def killed_writer(procs, child_env, tmp_path, rng, journal):
+    """A helper process commits a burst of large transactions and is SIGKILLed right after the
+    last one returns (its backlog possibly unapplied). Returns (db, backup, spool)."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    child = sh.SqlChild(procs, child_env, db, backup, journal_mode=journal, cache_size=20)
+    child.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    for i in range(rng.randint(20, 60)):
+        child.sql(
+            f"BEGIN; INSERT INTO t(k, v) VALUES({i}, randomblob({rng.randint(10, 20000)}));"
+            f" UPDATE t SET v = randomblob({rng.randint(10, 3000)})"
+            f" WHERE id = {rng.randint(1, i + 1)};"
+            " COMMIT"
+        )
+    child.proc.kill()
+    child.proc.wait(timeout=60)
+    return db, backup, Path(f"{db}-spool")
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_truncated_newest_segment(
+    procs, child_env, connections, tmp_path, rng, repro, journal, attempt
+):
+    """Power loss of the spool tail: with nobody using the database, the newest segment is cut to
+    a random length; reopening through spool and spool_sync give a backup equal to the source."""
+    db, backup, spool = killed_writer(procs, child_env, tmp_path, rng, journal)
+    segs = segments(spool)
+    assert segs, f"setup: expected segments in {spool} after the kill"
+    seg = segs[-1]
+    size = seg.stat().st_size
+    cut = rng.randrange(0, size + 1)
+    with open(seg, "r+b") as f:
+        f.truncate(cut)
+    ctx = f"{journal}, {seg.name} cut from {size} to {cut} bytes; {repro}"
+    con = connections(db, backup)
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after the truncation, got {got}; "
+        f"{sh.spool_status(con)} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_garbage_in_a_segment(
+    procs, child_env, connections, tmp_path, rng, repro, journal, attempt
+):
+    """With nobody using the database, random bytes overwrite the middle of a segment; reopening
+    through spool and spool_sync give a backup equal to the source (checksums catch the damage;
+    nothing garbled reaches the backup)."""
+    db, backup, spool = killed_writer(procs, child_env, tmp_path, rng, journal)
+    segs = segments(spool)
+    assert segs, f"setup: expected segments in {spool} after the kill"
+    seg = rng.choice(segs)
+    size = seg.stat().st_size
+    length = min(rng.randint(1, 4096), max(1, size // 4))
+    at = rng.randrange(size // 4, max(size // 4 + 1, 3 * size // 4))
+    with open(seg, "r+b") as f:
+        f.seek(at)
+        f.write(rng.randbytes(length))
+    ctx = f"{journal}, {length} random bytes at {at} of {seg.name} ({size} bytes); {repro}"
+    con = connections(db, backup)
+    got = sh.spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after the damage, got {got}; "
+        f"{sh.spool_status(con)} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_spool_deleted_then_another_process_opens(procs, child_env, tmp_path, rng, repro, journal):
+    """After `rm -rf` of the spool under process A, process B opens the database (it finds no
+    spool, so it creates one) and both commit money transfers. Required, as everywhere: the
+    backup read with plain SQLite at any moment passes quick_check and keeps the invariant (one
+    committed state); both processes' spool_sync(30000) = 1 and the backup equals the source; and
+    all processes agree on ONE active consumer (README: exactly one process applies)."""
+    import sqlite3
+    import threading
+
+    from test_takeover import ACCOUNTS, BANK, TOTAL, Writer
+
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    uri = sh.spool_uri_params(db, backup=backup)
+    a = sh.DrivenChild(
+        procs, child_env, uri, tmp_path / "a.stderr", journal_mode=journal, cache_size=20
+    )
+    a.sql(BANK)
+    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
+    shutil.rmtree(f"{db}-spool")
+    b = sh.DrivenChild(
+        procs, child_env, uri, tmp_path / "b.stderr", journal_mode=journal, cache_size=20
+    )
+
+    stop, seen = threading.Event(), {"reads": 0, "bad": []}
+
+    def read_backup():
+        while not stop.is_set():
+            try:
+                c = sqlite3.connect(f"file:{backup}?mode=rw", uri=True, timeout=30)
+                c.isolation_level = None
+                c.execute("BEGIN")
+                total = c.execute("SELECT sum(balance), count(*) FROM accounts").fetchone()
+                check = c.execute("PRAGMA quick_check").fetchone()[0]
+                c.execute("COMMIT")
+                c.close()
+                seen["reads"] += 1
+                if total != (TOTAL, ACCOUNTS) or check != "ok":
+                    seen["bad"].append(f"sum/count {total}, quick_check {check[:200]!r}")
+            except sqlite3.Error as exc:
+                seen["bad"].append(repr(exc)[:200])
+            stop.wait(0.01)
+
+    reader = threading.Thread(target=read_backup, daemon=True)
+    reader.start()
+    wa, wb = Writer(a, rng, after_stop=0), Writer(b, type(rng)(rng.random()), after_stop=0)
+    wa.start()
+    wb.start()
+    time.sleep(3)
+    wa.stop.set()
+    wb.stop.set()
+    wa.join(120)
+    wb.join(120)
+    assert wa.error is None and wb.error is None, (
+        f"expected every transfer to succeed: {wa.error} {wb.error} [{ctx}]"
+    )
+    syncs = (a.sync(30000), b.sync(30000))
+    stop.set()
+    reader.join(60)
+    st_a, st_b = a.status(), b.status()
+    ctx += (
+        f"; {wa.commits}+{wb.commits} transfers; consumers: "
+        f"A(pid {a.pid}) says {st_a['consumer_pid']} here={st_a['consumer_here']}, "
+        f"B(pid {b.pid}) says {st_b['consumer_pid']} here={st_b['consumer_here']}; "
+        f"resyncs A {st_a['resyncs']} B {st_b['resyncs']}"
+    )
+    assert not seen["bad"], (
+        f"expected every read of the backup to be one committed state; {len(seen['bad'])} of "
+        f"{seen['reads']} reads were not, first: {seen['bad'][:3]} [{ctx}]"
+    )
+    assert syncs == (1, 1), f"expected spool_sync(30000) = 1 in both processes, got {syncs} [{ctx}]"
+    report = sh.integrity_ok(backup)
+    assert report == "ok", f"expected backup integrity ok, got {report[:300]} [{ctx}]"
+    src, bak = sh.logical_dump(db), sh.logical_dump(backup)
+    assert src == bak, (
+        f"expected the backup to equal the source: {sh.describe_logical_diff(src, bak)} [{ctx}]"
+    )
+    assert (
+        st_a["consumer_pid"] == st_b["consumer_pid"]
+        and st_a["consumer_here"] != st_b["consumer_here"]
+    ), f"expected exactly one active consumer that both processes name [{ctx}]"
+    for child in (a, b):
+        rc, err = child.close()
+        assert rc == 0, f"expected a clean exit: {err[-1000:]} [{ctx}]"
