@@ -75,6 +75,9 @@ def bad_params(tmp: Path, db: Path) -> dict:
         "backup-hardlink-to-db": ({"backup": tmp / "hard.db"}, ["backup", "source"]),
         "backup-is-db-wal": ({"backup": f"{db}-wal"}, ["backup", "source"]),
         "spool-is-a-file": ({"spool": tmp / "afile"}, ["spool", "file"]),
+        # A spool that cannot be created is refused at open (without a spool nothing can reach
+        # the backup; a wrong path is a configuration error, better loud than a silent gap).
+        "spool-under-a-file": ({"spool": tmp / "afile" / "spool"}, ["spool", "Not a directory"]),
         "unknown-param": ({"spool_sink": "1"}, ["spool_sink"]),
         "spool_sync-maybe": ({"spool_sync": "maybe"}, ["spool_sync", "maybe"]),
         "backup-empty": ({"backup": ""}, ["backup", "empty"]),
@@ -87,6 +90,7 @@ CASES = [
     "backup-hardlink-to-db",
     "backup-is-db-wal",
     "spool-is-a-file",
+    "spool-under-a-file",
     "unknown-param",
     "spool_sync-maybe",
     "backup-empty",
@@ -152,15 +156,11 @@ def unwritable(tmp: Path) -> dict:
             {"backup": other / "afile" / "x.db", "spool": other / "spool"},
             "Not a directory",
         ),
-        "spool-under-a-file": (
-            {"backup": other / "backup.db", "spool": other / "afile" / "spool"},
-            "Not a directory",
-        ),
     }
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])
-@pytest.mark.parametrize("case", ["backup-under-proc", "backup-under-a-file", "spool-under-a-file"])
+@pytest.mark.parametrize("case", ["backup-under-proc", "backup-under-a-file"])
 def test_unwritable_location_is_a_runtime_problem(spoolvfs, tmp_path, rng, case, journal):
     """The open succeeds; every transaction succeeds; spool_status().last_error explains;
     spool_sync(2000) returns 0 (never 1 without a real backup); nothing but the source's own
