@@ -78,6 +78,10 @@ struct RollbackTxn {
     last_write_len: u32,
     /// Largest end offset written.
     max_end: u64,
+    /// The journal was finalized (zeroed header or truncated) while db writes were pending: the
+    /// transaction is over. COMMIT_PHASETWO next means a commit; anything else means it rolled
+    /// back (exclusive locking mode sends no unlock after a rollback, so this is its only end).
+    finalized_at: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -252,6 +256,18 @@ impl Capture {
         if let Some(out) = self.discarded_event(conn, false) {
             return out;
         }
+        if self.rollback.finalized_at.is_some() && self.owns(conn) {
+            // The previous transaction ended without a commit: seal it (as a rollback) before
+            // this write starts the next one. Its header is the one it wrote, or the size is
+            // unchanged; the file's page 1 may already hold this new transaction's bytes.
+            let prev = self.seal_rollback(RecordKind::Rollback, &mut || None);
+            if prev.lost.is_some() {
+                return prev;
+            }
+            let mut out = self.on_db_write(conn, offset, data);
+            out.sealed = out.sealed.or(prev.sealed);
+            return out;
+        }
         let lost = self.begin_txn(conn);
         if let Err(e) = self.spool.append_page(&self.control, offset, data) {
             return self.failed("capturing a database write", e);
@@ -266,6 +282,27 @@ impl Capture {
             t.page1 = Some(h);
         }
         Outcome { sealed: None, lost }
+    }
+
+    /// The connection's rollback journal was finalized (zeroed header, or truncated to nothing).
+    pub fn on_journal_finalized(&mut self, conn: ConnId) {
+        if self.rollback.active && self.txn_conn == Some(conn) {
+            self.rollback.finalized_at = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Seals a transaction whose journal was finalized at least `min_age` ago without a commit
+    /// following (a rollback in exclusive locking mode, with nothing after it). Called by the
+    /// consumer; safe because the connection that wrote it still holds the database lock.
+    pub fn seal_finished_rollback(
+        &mut self,
+        min_age: std::time::Duration,
+        header: HeaderReader,
+    ) -> Outcome {
+        match self.rollback.finalized_at {
+            Some(t) if t.elapsed() >= min_age => self.seal_rollback(RecordKind::Rollback, header),
+            _ => Outcome::default(),
+        }
     }
 
     /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
@@ -777,5 +814,37 @@ mod tests {
         assert_eq!(s.info.token, (5 << 32) | 6);
         assert_eq!(s.info.page_size, 1024);
         assert_eq!(s.info.wal_first_frame, 1);
+    }
+
+    #[test]
+    fn an_exclusive_mode_rollback_is_sealed_at_the_next_write_or_by_the_consumer() {
+        let (mut c, _d) = capture("exclrb");
+        c.on_db_write(1, 0, &page1(1024, 5, 3));
+        assert!(c.on_commit_phase_two(1, &mut no_header).sealed.is_some());
+        // A spilling transaction rolls back: spill, playback, journal zeroed; no unlock follows.
+        c.on_db_write(1, 2048, &[9u8; 1024]);
+        c.on_db_write(1, 2048, &[7u8; 1024]);
+        c.on_journal_finalized(1);
+        // Another connection's journal does not end it, and it is not old enough for the consumer.
+        c.on_journal_finalized(2);
+        let young = c.seal_finished_rollback(std::time::Duration::from_secs(60), &mut no_header);
+        assert!(young.sealed.is_none());
+        // The next transaction's first write seals it first.
+        let out = c.on_db_write(1, 1024, &[1u8; 1024]);
+        let s = out.sealed.unwrap();
+        assert_eq!(s.info.kind, RecordKind::Rollback);
+        assert_eq!(s.info.n_pages, 2);
+        assert_eq!(s.info.db_size, 3 * 1024);
+        assert!(c.txn_open());
+        c.on_journal_finalized(1);
+        // A commit after the finalized journal is a commit.
+        let commit = c.on_commit_phase_two(1, &mut no_header).sealed.unwrap();
+        assert_eq!(commit.info.kind, RecordKind::Commit);
+        // A finalized rollback with nothing after it is sealed by the consumer.
+        c.on_db_write(1, 2048, &[3u8; 1024]);
+        c.on_journal_finalized(1);
+        let late = c.seal_finished_rollback(std::time::Duration::ZERO, &mut no_header);
+        assert_eq!(late.sealed.unwrap().info.kind, RecordKind::Rollback);
+        assert!(!c.txn_open());
     }
 }

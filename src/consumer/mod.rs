@@ -318,6 +318,20 @@ impl Consumer {
         self.lock_file.is_none() || self.caught_up() || Instant::now() >= stop_by
     }
 
+    /// Seals this process's transaction that ended with a rollback but got no end event after its
+    /// journal was finalized (exclusive locking mode: no unlock), so that the bytes its spill and
+    /// playback left in free pages reach the backup without waiting for the next transaction.
+    fn seal_finished_rollback(&mut self) {
+        let source = &mut self.source;
+        let mut header = || {
+            let mut h = [0u8; crate::dbheader::HEADER_LEN];
+            source.read_at(&mut h, 0).ok().map(|_| h)
+        };
+        let out = lock(&self.state.capture)
+            .seal_finished_rollback(Duration::from_millis(50), &mut header);
+        self.state.publish(out);
+    }
+
     /// Handles a spool directory that was deleted or replaced while in use: the active consumer
     /// recreates the control file (marking the old one moved), everyone else follows; either way
     /// this consumer starts over on the new spool (its lock, its cursor) and the loss of the old
@@ -377,6 +391,7 @@ impl Consumer {
             panic!("injected consumer panic");
         }
         self.follow_spool()?;
+        self.seal_finished_rollback();
         if !self.try_activate()? {
             self.set_phase(Phase::Live);
             return Ok(Step::Idle);

@@ -36,12 +36,17 @@ use crate::capture::{Capture, ConnId, Outcome};
 use crate::config::Config;
 use crate::dbstate::{DbState, lock, registry};
 
-/// What a tracked file is.
+/// What a file is to us.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     MainDb = 1,
     Wal = 2,
+    /// The main database's rollback journal: watched only for its finalization (zeroed header or
+    /// truncation), the end of a transaction that exclusive locking mode signals no other way.
+    Journal = 3,
+    /// Everything else: never wrapped.
+    Untracked = 4,
 }
 
 /// Our part of the file object; the real file follows it in the same buffer.
@@ -203,7 +208,7 @@ fn uri_param(name: *const c_char, key: &str) -> Option<String> {
     unsafe { c_str(v) }
 }
 
-/// Opens a main database or WAL file with tracking.
+/// Opens a main database, its WAL or its rollback journal with tracking.
 ///
 /// # Safety
 /// Arguments as SQLite passes them to xOpen; `root` is the unix VFS.
@@ -213,13 +218,13 @@ pub unsafe fn open_tracked(
     file: *mut sqlite3_file,
     flags: c_int,
     out_flags: *mut c_int,
-    is_wal: bool,
+    role: Role,
 ) -> c_int {
     // SAFETY: `file` is SQLite's buffer; clearing pMethods first means a failed open is never closed.
     unsafe { (*file).pMethods = std::ptr::null() };
-    // Find the owner before opening: the WAL belongs to the main db whose pager opens it.
+    // Find the owner before opening: the WAL or journal belongs to the main db whose pager opens it.
     let mut owner: *mut sqlite3_file = std::ptr::null_mut();
-    let state: Option<Arc<DbState>> = if is_wal {
+    let state: Option<Arc<DbState>> = if role != Role::MainDb {
         owner = match api().and_then(|a| a.database_file_object) {
             // SAFETY: `name` is a WAL filename created by the pager, as this function requires.
             Some(f) if super::libversion_number() >= 3_032_000 => unsafe { f(name) },
@@ -234,6 +239,12 @@ pub unsafe fn open_tracked(
     let Some(open) = (unsafe { root.as_ref() }).and_then(|r| r.xOpen) else {
         return SQLITE_CANTOPEN;
     };
+    if role == Role::Journal && state.is_none() {
+        // A journal we have no database for (a hot journal opened before its database is ours,
+        // or a host older than 3.32): not needed for correctness, so just pass it through.
+        // SAFETY: opening straight into SQLite's buffer, as for untracked files.
+        return unsafe { open(root, name, file, flags, out_flags) };
+    }
     // SAFETY: the real file sits inside SQLite's buffer (szOsFile includes it); args unchanged.
     let rc = unsafe { open(root, name, real(file), flags, out_flags) };
     if rc != SQLITE_OK {
@@ -244,9 +255,9 @@ pub unsafe fn open_tracked(
     if real_m.is_null() {
         return rc;
     }
-    let (state, role) = if is_wal {
+    let (state, role) = if role != Role::MainDb {
         match state {
-            Some(s) => (s, Role::Wal),
+            Some(s) => (s, role),
             None => {
                 // A WAL of a database not opened through spool (should not happen): close it and
                 // report, rather than guess.
@@ -285,10 +296,10 @@ pub unsafe fn open_tracked(
         (*w).state = Arc::into_raw(state);
         (*w).role = role;
         (*w).checkpointing = 0;
-        (*w).conn = if role == Role::Wal {
-            owner as ConnId
-        } else {
+        (*w).conn = if role == Role::MainDb {
             file as ConnId
+        } else {
+            owner as ConnId
         };
         (*w).base.pMethods = match (*real_m).iVersion {
             1 => &IO_V1,
@@ -429,6 +440,15 @@ unsafe extern "C" fn x_write(
                         c.on_wal_write(conn, off as u64, data, &mut current_header)
                     })
                 }
+                // Finalization writes exactly 28 zero bytes at the start (the header of a new
+                // journal is never all zero: it carries a random nonce).
+                Role::Journal if off == 0 && data.len() == 28 && data.iter().all(|&b| b == 0) => {
+                    capture(state, conn, false, |c| {
+                        c.on_journal_finalized(conn);
+                        Outcome::default()
+                    })
+                }
+                Role::Journal | Role::Untracked => {}
             }
         }
         rc
@@ -439,11 +459,16 @@ unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_
     guard(SQLITE_IOERR_TRUNCATE, || {
         let rc = call!(f, xTruncate, SQLITE_IOERR_TRUNCATE, size);
         // SAFETY: opened wrapper.
-        if rc == SQLITE_OK && unsafe { role_of(f) } == Role::Wal {
-            // SAFETY: opened wrapper.
-            let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
+        let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
+        if rc == SQLITE_OK && role == Role::Wal {
             capture(state, conn, false, |c| {
                 c.on_wal_truncate(size.max(0) as u64);
+                Outcome::default()
+            });
+        } else if rc == SQLITE_OK && role == Role::Journal && size == 0 {
+            // TRUNCATE mode (and PERSIST with journal_size_limit=0) finalize by truncation.
+            capture(state, conn, false, |c| {
+                c.on_journal_finalized(conn);
                 Outcome::default()
             });
         }

@@ -9,8 +9,8 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libsqlite3_sys::{
-    SQLITE_CANTOPEN, SQLITE_ERROR, SQLITE_OK, SQLITE_OPEN_MAIN_DB, SQLITE_OPEN_WAL, sqlite3_file,
-    sqlite3_int64, sqlite3_syscall_ptr, sqlite3_vfs,
+    SQLITE_CANTOPEN, SQLITE_ERROR, SQLITE_OK, SQLITE_OPEN_MAIN_DB, SQLITE_OPEN_MAIN_JOURNAL,
+    SQLITE_OPEN_WAL, sqlite3_file, sqlite3_int64, sqlite3_syscall_ptr, sqlite3_vfs,
 };
 
 use super::{api, guard, io, log};
@@ -115,23 +115,20 @@ unsafe extern "C" fn x_open(
             unsafe { *out_flags = 0 };
         }
         let kind = flags & 0x000F_FF00;
-        if name.is_null() || (kind != SQLITE_OPEN_MAIN_DB && kind != SQLITE_OPEN_WAL) {
-            // Journals, temp files, statement journals, super-journals: opened straight into the
-            // caller's buffer, untouched (the buffer is at least the root's szOsFile).
+        let role = match kind {
+            SQLITE_OPEN_MAIN_DB => io::Role::MainDb,
+            SQLITE_OPEN_WAL => io::Role::Wal,
+            SQLITE_OPEN_MAIN_JOURNAL => io::Role::Journal,
+            _ => io::Role::Untracked,
+        };
+        if name.is_null() || role == io::Role::Untracked {
+            // Temp files, statement journals, super-journals: opened straight into the caller's
+            // buffer, untouched (the buffer is at least the root's szOsFile).
             return forward!(xOpen, SQLITE_CANTOPEN, name, file, flags, out_flags);
         }
         // SAFETY: `file` points to szOsFile bytes of SQLite-owned memory; `name` is SQLite's
         // filename, valid until xClose.
-        unsafe {
-            io::open_tracked(
-                root_ptr(),
-                name,
-                file,
-                flags,
-                out_flags,
-                kind == SQLITE_OPEN_WAL,
-            )
-        }
+        unsafe { io::open_tracked(root_ptr(), name, file, flags, out_flags, role) }
     })
 }
 
