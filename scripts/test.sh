@@ -13,6 +13,8 @@
 #                   out-of-band writes, consumer takeover and a damaged or deleted spool
 #   torture         scripts/torture.py: kill -9 of several writer processes at random points
 #                   (4 rounds x 3 writers per journal family); any broken invariant fails it
+#   bench smoke     scripts/bench.sh --quick runs end to end (tiny sizes; results go to
+#                   target/bench-smoke, timings are never asserted): the benchmark cannot rot
 # Every step runs even when an earlier one failed (except those that need the build); a summary
 # closes the output, and the exit status is non-zero if any step failed. Installs nothing (see
 # .ci/run for that). Extra arguments go to pytest, e.g. `scripts/test.sh -k cli -x`.
@@ -40,10 +42,13 @@ if step build cargo build --release; then
   fi
   step e2e python3 -m pytest -q -p no:cacheprovider -rfEs tests/e2e "$@" || true
   step torture python3 scripts/torture.py --lib "$SPOOLVFS_LIB" --rounds 4 --writers 3 || true
+  step "bench smoke" env BENCH_OUT=target/bench-smoke BENCH_DIR=target/bench-smoke-work \
+    scripts/bench.sh --quick || true
 else
   skip "c drivers" "build failed"
   skip "fault build" "build failed"
   skip e2e "build failed"
   skip torture "build failed"
+  skip "bench smoke" "build failed"
 fi
 summary
