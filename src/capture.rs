@@ -32,7 +32,6 @@
 //! cannot be guaranteed (a spool write failed, a WAL write we cannot attribute), `lost` is set and
 //! the consumer must resync; the open record is dropped.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
@@ -84,10 +83,45 @@ struct RollbackTxn {
     finalized_at: Option<std::time::Instant>,
 }
 
+/// Page numbers of frame slots, stored densely from the first slot of the open transaction.
+#[derive(Default)]
+struct SlotMap {
+    base: u64,
+    pgno: Vec<u32>,
+}
+
+impl SlotMap {
+    fn clear(&mut self) {
+        self.pgno = Vec::new();
+    }
+
+    /// Records `pgno` for `slot`; false if the slot lies before the map's base.
+    fn insert(&mut self, slot: u64, pgno: u32) -> bool {
+        if self.pgno.is_empty() {
+            self.base = slot;
+        }
+        let Some(idx) = slot.checked_sub(self.base) else {
+            return false;
+        };
+        let idx = idx as usize;
+        if idx >= self.pgno.len() {
+            self.pgno.resize(idx + 1, 0);
+        }
+        self.pgno[idx] = pgno;
+        true
+    }
+
+    fn get(&self, slot: u64) -> Option<u32> {
+        let idx = slot.checked_sub(self.base)? as usize;
+        self.pgno.get(idx).copied().filter(|&p| p != 0)
+    }
+}
+
 #[derive(Default)]
 struct WalTxn {
-    /// Page number of each frame slot whose header this transaction (or an earlier one) wrote.
-    slot_pgno: HashMap<u64, u32>,
+    /// Page number of each frame slot of the open transaction whose header it wrote, indexed from
+    /// `slots_base` (0: unknown). 4 bytes a frame, freed when the transaction ends.
+    slot_pgno: SlotMap,
     /// Slots written by the open transaction.
     first_slot: Option<u64>,
     max_slot: u64,
@@ -239,6 +273,7 @@ impl Capture {
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
+        self.wal.slot_pgno.clear();
         self.spool.abort();
         self.end_txn();
     }
@@ -447,7 +482,7 @@ impl Capture {
                 self.on_frame_header(conn, slot, data)
             }
             WalRegion::FrameData(slot) if data.len() as u32 == page_size => {
-                let Some(&pgno) = self.wal.slot_pgno.get(&slot) else {
+                let Some(pgno) = self.wal.slot_pgno.get(slot) else {
                     self.drop_open();
                     return Outcome::lost(format!("WAL frame {slot} written without its header"));
                 };
@@ -495,7 +530,11 @@ impl Capture {
         if out.lost.is_none() {
             out.lost = self.begin_txn(conn);
         }
-        self.wal.slot_pgno.insert(slot, fh.pgno);
+        if !self.wal.slot_pgno.insert(slot, fh.pgno) {
+            // A frame before the open transaction's first one: only a rebuild from the WAL can
+            // tell what commits.
+            self.wal.reread = true;
+        }
         self.wal.max_slot = self.wal.max_slot.max(slot);
         if self.wal.first_slot.is_none() {
             self.wal.first_slot = Some(slot);
@@ -561,6 +600,7 @@ impl Capture {
             .map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
         let first = self.wal.first_slot.unwrap_or(commit_slot);
         let reread = std::mem::take(&mut self.wal.reread);
+        self.wal.slot_pgno.clear();
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;

@@ -167,24 +167,53 @@ pub struct CommittedWal {
     pub db_pages: Option<u32>,
 }
 
-/// Reads the committed frames of the WAL at `file`: the frames SQLite recovery would accept.
-pub fn scan_committed(file: &File) -> io::Result<CommittedWal> {
-    let mut out = CommittedWal::default();
+/// Counts the committed frames of the WAL at `file` that follow its first `after` frames, when
+/// those are intact: `Some((header, frames committed in all))`, `None` when the WAL has no valid
+/// header or frame `after - 1` does not belong to it. Reads only the tail: the cumulative checksum
+/// stored in frame `after - 1`'s header seeds the validation of the frames after it.
+pub fn committed_after(file: &File, after: u64) -> io::Result<Option<(WalHeader, u64)>> {
     let len = file.metadata()?.len();
-    if len < WAL_HEADER_LEN {
-        return Ok(out);
-    }
     let mut hdr = [0u8; WAL_HEADER_LEN as usize];
+    if len < WAL_HEADER_LEN {
+        return Ok(None);
+    }
     file.read_exact_at(&mut hdr, 0)?;
     let Some(header) = WalHeader::parse(&hdr) else {
-        return Ok(out);
+        return Ok(None);
     };
-    out.header = Some(header);
+    let mut cksum = header.cksum;
+    if after > 0 {
+        let at = frame_offset(header.page_size, after - 1);
+        let mut fh = [0u8; WAL_FRAME_HEADER_LEN as usize];
+        if at + header.frame_size() > len {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut fh, at)?;
+        match FrameHeader::parse(&fh) {
+            Some(f) if (f.salt1, f.salt2) == (header.salt1, header.salt2) => cksum = f.cksum,
+            _ => return Ok(None),
+        }
+    }
+    let committed = scan_frames(file, &header, len, after, cksum, &mut |_, _| {})?;
+    Ok(Some((header, committed.0.max(after))))
+}
+
+/// Validates frames from `first` on (seeded with `cksum`), calling `on_commit(pgno, data_at)` for
+/// every frame of each committed transaction; returns (frames up to the last commit frame, db size
+/// after it) — `(0, None)` when no commit frame follows.
+fn scan_frames(
+    file: &File,
+    header: &WalHeader,
+    len: u64,
+    first: u64,
+    mut cksum: (u32, u32),
+    on_commit: &mut dyn FnMut(u32, u64),
+) -> io::Result<(u64, Option<u32>)> {
     let frame_size = header.frame_size();
     let mut buf = vec![0u8; frame_size as usize];
-    let mut cksum = header.cksum;
     let mut pending: Vec<(u32, u64)> = Vec::new();
-    let mut index = 0u64;
+    let mut out = (0, None);
+    let mut index = first;
     loop {
         let at = frame_offset(header.page_size, index);
         if at + frame_size > len {
@@ -212,12 +241,34 @@ pub fn scan_committed(file: &File) -> io::Result<CommittedWal> {
         index += 1;
         if fh.commit_size != 0 {
             for (pgno, data_at) in pending.drain(..) {
-                out.newest_frame.insert(pgno, data_at);
+                on_commit(pgno, data_at);
             }
-            out.committed_frames = index;
-            out.db_pages = Some(fh.commit_size);
+            out = (index, Some(fh.commit_size));
         }
     }
+    Ok(out)
+}
+
+/// Reads the committed frames of the WAL at `file`: the frames SQLite recovery would accept.
+pub fn scan_committed(file: &File) -> io::Result<CommittedWal> {
+    let mut out = CommittedWal::default();
+    let len = file.metadata()?.len();
+    if len < WAL_HEADER_LEN {
+        return Ok(out);
+    }
+    let mut hdr = [0u8; WAL_HEADER_LEN as usize];
+    file.read_exact_at(&mut hdr, 0)?;
+    let Some(header) = WalHeader::parse(&hdr) else {
+        return Ok(out);
+    };
+    out.header = Some(header);
+    let mut newest = HashMap::new();
+    let (frames, db_pages) = scan_frames(file, &header, len, 0, header.cksum, &mut |p, at| {
+        newest.insert(p, at);
+    })?;
+    out.newest_frame = newest;
+    out.committed_frames = frames;
+    out.db_pages = db_pages;
     Ok(out)
 }
 
@@ -307,5 +358,31 @@ pub(crate) mod tests {
         let got = scan_committed(&temp_file("garbage", &[0xAB; 2000])).unwrap();
         assert!(got.header.is_none());
         assert_eq!(got.committed_frames, 0);
+    }
+
+    #[test]
+    fn committed_after_reads_only_the_tail() {
+        let wal = build_wal(
+            512,
+            &[(1, 1, 1), (2, 2, 2), (3, 0, 3), (1, 3, 4), (5, 0, 5)],
+            (7, 9),
+        );
+        let f = temp_file("after", &wal);
+        assert_eq!(committed_after(&f, 0).unwrap().map(|x| x.1), Some(4));
+        assert_eq!(committed_after(&f, 2).unwrap().map(|x| x.1), Some(4));
+        assert_eq!(
+            committed_after(&f, 4).unwrap().map(|x| x.1),
+            Some(4),
+            "nothing new committed"
+        );
+        // Frame after-1 must be intact and of this generation.
+        assert_eq!(committed_after(&f, 9).unwrap(), None);
+        let other = build_wal(512, &[(1, 1, 1), (2, 2, 2)], (8, 9));
+        let mut mixed = wal[..32].to_vec();
+        mixed.extend_from_slice(&other[32..]);
+        assert_eq!(
+            committed_after(&temp_file("mixed", &mixed), 1).unwrap(),
+            None
+        );
     }
 }

@@ -38,11 +38,12 @@ const HEADER_LEN: usize = 100;
 const CHUNK: u64 = 1 << 20;
 
 /// One batch: the final image of the backup is its current content overlaid by `writes`, cut
-/// (or zero-extended) to `final_size`.
-#[derive(Clone, Copy, Debug)]
-pub struct ApplyRequest<'a> {
+/// (or zero-extended) to `final_size`. The batch owns its write set: applying cuts it to the final
+/// size and adds the page-1 patch in place (a copy would double the index of a huge transaction).
+#[derive(Clone, Debug)]
+pub struct ApplyRequest {
     /// New bytes (any page size; the final page size is `page_size`).
-    pub writes: &'a WriteSet,
+    pub writes: WriteSet,
     /// Database size in bytes after the batch.
     pub final_size: u64,
     /// Final page size.
@@ -197,7 +198,7 @@ fn remaining(deadline: Instant) -> Duration {
 /// Applies one batch to the backup at `backup_path` (created if missing). See the module docs.
 pub fn apply(
     backup_path: &Path,
-    req: &ApplyRequest,
+    mut req: ApplyRequest,
     opts: &ApplyOptions,
 ) -> io::Result<ApplyReport> {
     if !valid_page_size(req.page_size) {
@@ -245,17 +246,19 @@ pub fn apply(
     let old_valid_hdr = old_hdr.filter(|h| header_page_size(h).is_some());
 
     // 3. Final image = writes below final_size, plus our header patch.
-    let mut writes = req.writes.clone();
-    writes.truncate(req.final_size);
-    if let Some(h) = patched_header(&file, old_size, old_valid_hdr.as_ref(), &writes, req)? {
-        let data: Arc<[u8]> = Arc::from(h.to_vec());
-        writes.insert(0, HEADER_LEN as u64, Source::Bytes { data, start: 0 });
+    req.writes.truncate(req.final_size);
+    if let Some(h) = patched_header(&file, old_size, old_valid_hdr.as_ref(), &req.writes, &req)? {
+        let data = Arc::new(h.to_vec());
+        req.writes
+            .insert(0, HEADER_LEN as u64, Source::Bytes { data, start: 0 });
     }
+    let req = &req;
+    let writes = &req.writes;
 
     // 4. Journal.
     let mut report = ApplyReport::default();
     let mut jw = JournalWriter::create(&jpath, old_pages_u32, old_ps, opts.sync)?;
-    report.pages_journaled = match write_journal(&file, &writes, req, old_ps, old_pages, &mut jw) {
+    report.pages_journaled = match write_journal(&file, writes, req, old_ps, old_pages, &mut jw) {
         Ok(n) => n,
         Err(e) => {
             // The database is untouched and the journal not hot: just garbage now.
@@ -288,7 +291,7 @@ pub fn apply(
     }
 
     // 6. New content.
-    write_db(&file, &writes, req, opts, &mut report)?;
+    write_db(&file, writes, req, opts, &mut report)?;
     file.set_len(req.final_size)?;
     if opts.sync {
         file.sync_all()?;

@@ -474,7 +474,9 @@ impl Consumer {
         );
         let last = records.last().map(|r| r.info).ok_or("empty batch")?;
         let bump = bump_needed(&records, false);
-        if let Err(e) = self.apply_sized(&writes, last.db_size, last.page_size, bump) {
+        // The page lists are in the write set now; a huge transaction should not hold both.
+        drop(records);
+        if let Err(e) = self.apply_sized(writes, last.db_size, last.page_size, bump) {
             // Reading advanced the cursor past records that are not in the backup: go back to
             // the last applied position so the retry reads them again.
             self.cursor = Cursor {
@@ -488,9 +490,7 @@ impl Consumer {
         if c.sealed().seq == prev.seq {
             c.set_behind_since(0);
         }
-        if let Some(r) = records.last() {
-            self.trim_before(r.segment);
-        }
+        self.trim_before(prev.pos.segment);
         self.set_phase(Phase::Live);
         Ok(Step::Progress)
     }
@@ -532,25 +532,31 @@ impl Consumer {
             wal_path.push("-wal");
             match File::open(&wal_path) {
                 Err(_) => None,
-                Ok(f) => {
-                    let scan = crate::wal::scan_committed(&f)?;
-                    match scan.header {
-                        None => None,
-                        Some(h) => {
-                            let salts = ((h.salt1 as u64) << 32) | h.salt2 as u64;
-                            if salts == a.token && scan.committed_frames > a.wal_frames {
-                                Some(format!(
-                                    "WAL frames {}..{} were committed without spoolvfs",
-                                    a.wal_frames, scan.committed_frames
-                                ))
-                            } else if salts != a.token && scan.committed_frames > 0 {
-                                Some("the WAL was restarted and written without spoolvfs".into())
-                            } else {
-                                None
-                            }
+                Ok(f) => match crate::wal::committed_after(&f, a.wal_frames)? {
+                    Some((h, committed)) => {
+                        let salts = ((h.salt1 as u64) << 32) | h.salt2 as u64;
+                        if salts != a.token && committed > 0 {
+                            Some("the WAL was restarted and written without spoolvfs".to_string())
+                        } else if committed > a.wal_frames {
+                            Some(format!(
+                                "WAL frames {}..{committed} were committed without spoolvfs",
+                                a.wal_frames
+                            ))
+                        } else {
+                            None
                         }
                     }
-                }
+                    // Frame `wal_frames - 1` is not ours any more: a restart (ours are sealed and
+                    // would show in `sealed`). Committed frames of the new generation are foreign.
+                    None => match crate::wal::committed_after(&f, 0)? {
+                        Some((h, n))
+                            if n > 0 && ((h.salt1 as u64) << 32 | h.salt2 as u64) != a.token =>
+                        {
+                            Some("the WAL was restarted and written without spoolvfs".to_string())
+                        }
+                        _ => None,
+                    },
+                },
             }
         };
         // A writer of ours may have committed while we looked: then its record will tell.
@@ -631,7 +637,7 @@ impl Consumer {
 
     fn apply_sized(
         &mut self,
-        writes: &WriteSet,
+        writes: WriteSet,
         size: u64,
         page_size: u32,
         bump: bool,
@@ -649,7 +655,7 @@ impl Consumer {
         };
         let result = match crate::faults::io_error("backup_eio", libc::EIO) {
             Some(e) => Err(e),
-            None => apply::apply(&self.state.cfg.backup, &req, &opts),
+            None => apply::apply(&self.state.cfg.backup, req, &opts),
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
         self.backup_fp = None;

@@ -316,7 +316,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         page_size = r.info.page_size;
     }
     let bump = source_is_wal || any_commit;
-    c.apply_sized(&writes, final_size, page_size, bump)?;
+    c.apply_sized(writes, final_size, page_size, bump)?;
 
     let applied = match &last_record {
         Some(r) => applied_after(r),

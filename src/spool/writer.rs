@@ -44,9 +44,9 @@ use super::segment_path;
 /// fit in the mapping.
 const SEGMENT_SLACK: u64 = 4 << 20;
 /// Written bytes after which the mapping's pages are released from our page tables.
-const RELEASE_EVERY: u64 = 4 << 20;
+const RELEASE_EVERY: u64 = 2 << 20;
 /// How far ahead of the write position the mapping is kept populated.
-const PREFAULT_WINDOW: u64 = 8 << 20;
+const PREFAULT_WINDOW: u64 = 4 << 20;
 
 /// Where a sealed transaction ends: readers may read `segment` up to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -122,12 +122,12 @@ fn opts(fail_at: Option<FailPoint>) -> ApplyOptions {
 fn apply_file(backup: &Path, b: &Path, o: &ApplyOptions) -> io::Result<ApplyReport> {
     let (ws, size, ps) = pages_of(b);
     let req = ApplyRequest {
-        writes: &ws,
+        writes: ws.clone(),
         final_size: size,
         page_size: ps,
         bump_counter_if_unchanged: false,
     };
-    apply(backup, &req, o)
+    apply(backup, req.clone(), o)
 }
 
 /// The A->B transitions every test runs through: (name, A page size, B script).
@@ -270,7 +270,7 @@ fn crash_during_pure_growth_truncates_back() {
         let a_bytes = std::fs::read(&a).unwrap();
         let len = a_bytes.len() as u64;
         let mut ws = WriteSet::new();
-        let junk: Arc<[u8]> = Arc::from(vec![0x77u8; 8192]);
+        let junk = Arc::new(vec![0x77u8; 8192]);
         ws.insert(
             len,
             8192,
@@ -280,12 +280,12 @@ fn crash_during_pure_growth_truncates_back() {
             },
         );
         let req = ApplyRequest {
-            writes: &ws,
+            writes: ws.clone(),
             final_size: len + 8192,
             page_size: 4096,
             bump_counter_if_unchanged: false,
         };
-        let err = apply(&backup, &req, &opts(Some(FailPoint::AfterDbSync))).unwrap_err();
+        let err = apply(&backup, req.clone(), &opts(Some(FailPoint::AfterDbSync))).unwrap_err();
         assert_eq!(err.to_string(), "injected");
         assert_eq!(std::fs::metadata(&backup).unwrap().len(), len + 8192);
         let jlen = std::fs::metadata(journal_path(&backup)).unwrap().len();
@@ -299,7 +299,7 @@ fn crash_during_pure_growth_truncates_back() {
         }
         assert!(std::fs::read(&backup).unwrap() == a_bytes, "cli={via_cli}");
         // Without the crash the same batch commits and reports no journaled pages.
-        let rep = apply(&backup, &req, &opts(None)).unwrap();
+        let rep = apply(&backup, req.clone(), &opts(None)).unwrap();
         assert_eq!(rep.pages_journaled, 0);
         assert_eq!(rep.pages_written, 2);
         assert_eq!(std::fs::metadata(&backup).unwrap().len(), len + 8192);
@@ -356,7 +356,7 @@ fn counter_bumped_only_when_unchanged() {
         24,
         16,
         Source::Bytes {
-            data: Arc::from(a_bytes[24..40].to_vec()),
+            data: Arc::new(a_bytes[24..40].to_vec()),
             start: 0,
         },
     );
@@ -364,12 +364,12 @@ fn counter_bumped_only_when_unchanged() {
     for bump in [false, true] {
         std::fs::copy(&a, &backup).unwrap();
         let req = ApplyRequest {
-            writes: &ws,
+            writes: ws.clone(),
             final_size: size,
             page_size: ps,
             bump_counter_if_unchanged: bump,
         };
-        apply(&backup, &req, &opts(None)).unwrap();
+        apply(&backup, req.clone(), &opts(None)).unwrap();
         let got = std::fs::read(&backup).unwrap();
         let old = u32::from_be_bytes(a_bytes[24..28].try_into().unwrap());
         let now = u32::from_be_bytes(got[24..28].try_into().unwrap());
@@ -389,12 +389,12 @@ fn counter_bumped_only_when_unchanged() {
     std::fs::copy(&a, &backup).unwrap();
     let (ws, size, ps) = pages_of(&b);
     let req = ApplyRequest {
-        writes: &ws,
+        writes: ws.clone(),
         final_size: size,
         page_size: ps,
         bump_counter_if_unchanged: true,
     };
-    apply(&backup, &req, &opts(None)).unwrap();
+    apply(&backup, req.clone(), &opts(None)).unwrap();
     assert!(std::fs::read(&backup).unwrap() == b_bytes);
 }
 
@@ -456,15 +456,15 @@ fn lock_byte_page_is_never_written() {
     let ps = 4096u64;
     let start = PENDING_BYTE - ps;
     let mut ws = WriteSet::new();
-    let data: Arc<[u8]> = Arc::from(vec![0xABu8; 3 * ps as usize]);
+    let data = Arc::new(vec![0xABu8; 3 * ps as usize]);
     ws.insert(start, 3 * ps, Source::Bytes { data, start: 0 });
     let req = ApplyRequest {
-        writes: &ws,
+        writes: ws.clone(),
         final_size: PENDING_BYTE + 2 * ps,
         page_size: 4096,
         bump_counter_if_unchanged: true,
     };
-    let rep = apply(&backup, &req, &opts(None)).unwrap();
+    let rep = apply(&backup, req.clone(), &opts(None)).unwrap();
     assert_eq!(rep.bytes_written, 2 * ps);
     assert_eq!(rep.pages_written, 2);
     let f = File::open(&backup).unwrap();
@@ -481,12 +481,12 @@ fn bad_requests_are_errors() {
     let ws = WriteSet::new();
     for ps in [0, 100, 3000, 131072] {
         let req = ApplyRequest {
-            writes: &ws,
+            writes: ws.clone(),
             final_size: 0,
             page_size: ps,
             bump_counter_if_unchanged: false,
         };
-        let e = apply(&t.p("x.db"), &req, &opts(None)).unwrap_err();
+        let e = apply(&t.p("x.db"), req.clone(), &opts(None)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{ps}");
     }
     assert!(!recover(&t.p("none.db"), Duration::ZERO).unwrap());
