@@ -55,7 +55,7 @@ const POLL: Duration = Duration::from_millis(2);
 /// How long after the last record the consumer keeps polling before it parks.
 const STAY_AWAKE: Duration = Duration::from_secs(1);
 /// Group commit on the backup: a batch is applied once its oldest record is this old (or the
-/// backlog is large). Every apply costs four fsyncs on the backup's filesystem, and fsyncs there
+/// backlog is large). Every apply costs three fsyncs on the backup's filesystem, and fsyncs there
 /// slow down the application's own fsyncs; grouping keeps them to ~100/s under any write rate
 /// while the lag stays around 10 ms.
 const GROUP_AGE_US: u64 = 8_000;
