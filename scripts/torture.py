@@ -90,6 +90,16 @@ def check_plain(path, what):
 
 
 def run_mode(args, mode, rnd, stats):
+    """Runs `args.rounds` kill rounds in `mode`, on a fresh database every `args.fresh_every`
+    rounds (the database grows with every round, and every reopen compares it with its backup)."""
+    done = 0
+    while done < args.rounds:
+        n = min(args.fresh_every, args.rounds - done)
+        run_rounds(args, mode, rnd, stats, done, n)
+        done += n
+
+
+def run_rounds(args, mode, rnd, stats, first, rounds):
     work = tempfile.mkdtemp(prefix=f"spoolvfs-torture-{mode}-", dir=args.dir)
     db = os.path.join(work, "app.db")
     backup = os.path.join(work, "backup.db")
@@ -103,7 +113,9 @@ def run_mode(args, mode, rnd, stats):
         con.executemany("insert into accounts values (?, 1000)", [(i,) for i in range(ACCOUNTS)])
     assert con.execute("select spool_sync(60000)").fetchone()[0] == 1
     con.close()
-    for rnd_no in range(args.rounds):
+    for rnd_no in range(first, first + rounds):
+        if rnd_no and rnd_no % 25 == 0:
+            print(f"[{mode}] {rnd_no} rounds, {stats['failed']} failed so far", flush=True)
         procs = [subprocess.Popen([sys.executable, "-c", WRITER, args.lib, uri,
                                    str(rnd.randrange(1 << 30)), mode],
                                   stderr=subprocess.PIPE, text=True)
@@ -185,6 +197,7 @@ def main():
     ap.add_argument("--lib", default="target/release/libspoolvfs.so")
     ap.add_argument("--rounds", type=int, default=10, help="kill rounds per journal mode")
     ap.add_argument("--writers", type=int, default=3)
+    ap.add_argument("--fresh-every", type=int, default=50, help="rounds per database")
     ap.add_argument("--modes", default="wal,delete")
     ap.add_argument("--max-delay", type=float, default=1.5)
     ap.add_argument("--power-loss", type=float, default=0.3, help="probability per round")
