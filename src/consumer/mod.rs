@@ -473,7 +473,7 @@ impl Consumer {
             self.cursor.reader.as_ref().map(|r| r.file.clone()),
         );
         let last = records.last().map(|r| r.info).ok_or("empty batch")?;
-        let bump = bump_needed(&records, false);
+        let bump = bump_needed(&records);
         // The page lists are in the write set now; a huge transaction should not hold both.
         drop(records);
         if let Err(e) = self.apply_sized(writes, last.db_size, last.page_size, bump) {
@@ -772,8 +772,8 @@ fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::
 /// commits and exclusive-mode commits do not bump the source's counter, but readers of the backup
 /// keep their page cache while bytes 24..40 of page 1 stay the same. Rollback records alone never
 /// need it (they restore the old content), so byte equality holds for rollback-mode sources.
-fn bump_needed(records: &[Record], from_resync_wal: bool) -> bool {
-    from_resync_wal || records.iter().any(|r| r.info.kind == RecordKind::Commit)
+fn bump_needed(records: &[Record]) -> bool {
+    records.iter().any(|r| r.info.kind == RecordKind::Commit)
 }
 
 #[cfg(test)]

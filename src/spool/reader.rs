@@ -180,9 +180,6 @@ impl SegmentReader {
             }
             pos = next;
         }
-        if out.torn && limit.is_none() && pages.is_empty() && out.records.is_empty() {
-            // Nothing after the cursor parsed at all: that is just an empty or torn tail.
-        }
         Ok(out)
     }
 }

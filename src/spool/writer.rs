@@ -201,8 +201,6 @@ pub struct SpoolWriter {
     rotate_at: u64,
     seg: Option<OpenSegment>,
     txn: Option<Txn>,
-    /// Bytes of transactions sealed by this process (for the status report).
-    pub bytes_sealed: u64,
 }
 
 impl SpoolWriter {
@@ -213,7 +211,6 @@ impl SpoolWriter {
             rotate_at,
             seg: None,
             txn: None,
-            bytes_sealed: 0,
         }
     }
 
@@ -353,7 +350,6 @@ impl SpoolWriter {
             pos,
             sealed_us: info.sealed_us,
         });
-        self.bytes_sealed += txn.len;
         Ok((seq, pos))
     }
 
