@@ -91,8 +91,15 @@ struct SlotMap {
 }
 
 impl SlotMap {
+    /// Forgets every slot. The buffer is kept for the next transaction (no allocation per
+    /// commit) unless a huge transaction grew it past `KEEP_SLOTS`.
     fn clear(&mut self) {
-        self.pgno = Vec::new();
+        const KEEP_SLOTS: usize = 1 << 16;
+        if self.pgno.capacity() > KEEP_SLOTS {
+            self.pgno = Vec::new();
+        } else {
+            self.pgno.clear();
+        }
     }
 
     /// Records `pgno` for `slot`; false if the slot lies before the map's base.

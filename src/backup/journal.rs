@@ -218,8 +218,12 @@ impl JournalWriter {
         let end = u64::from(SECTOR_SIZE) + u64::from(self.n_rec) * (u64::from(self.page_size) + 8);
         let next_header = end.div_ceil(u64::from(SECTOR_SIZE)) * u64::from(SECTOR_SIZE);
         f.write_all_at(&[0u8; SECTOR_SIZE as usize], next_header)?;
+        // fdatasync, not fsync: the records and header need their data (and the file's size)
+        // durable, not its timestamps. fsync would also commit the inode's new mtime each time,
+        // one extra filesystem-journal commit and device flush per call that the application's
+        // own fsyncs on the same device queue behind.
         if self.sync {
-            f.sync_all()?;
+            f.sync_data()?;
             if self.created {
                 sync_parent_dir(&self.path)?;
                 self.created = false;
@@ -230,7 +234,7 @@ impl JournalWriter {
         head[8..].copy_from_slice(&self.n_rec.to_be_bytes());
         f.write_all_at(&head, 0)?;
         if self.sync {
-            f.sync_all()?;
+            f.sync_data()?;
         }
         Ok(())
     }

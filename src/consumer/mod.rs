@@ -242,7 +242,7 @@ impl Consumer {
             if self.should_stop() {
                 break;
             }
-            self.prefault();
+            self.maintain_mapping();
             if let Step::Idle = step {
                 self.idle_wait();
             }
@@ -254,23 +254,12 @@ impl Consumer {
         self.state.changed.notify_all();
     }
 
-    /// Populates the next window of this process's spool mapping ahead of its writer, so that
-    /// commits copy into memory that is already mapped (no page fault on the commit path).
-    fn prefault(&mut self) {
-        const MADV_POPULATE_WRITE: libc::c_int = 23;
-        let window = lock(&self.state.capture).spool.prefault_window();
-        if let Some((map, from, len)) = window {
-            // SAFETY: [from, from + len) lies inside the mapping (prefault_window clamps it to the
-            // mapping's length), which the Arc keeps alive. Populating only faults pages in; it
-            // does not change their contents. Failure (old kernel) just leaves faults to the writer.
-            unsafe {
-                libc::madvise(
-                    map.as_mut_ptr().add(from) as *mut libc::c_void,
-                    len,
-                    MADV_POPULATE_WRITE,
-                )
-            };
-        }
+    /// Keeps this process's spool mapping ready for its writer: the window ahead populated, so
+    /// commits copy into memory that is already mapped (no page fault on the commit path), and
+    /// the written pages behind released (no TLB shootdown on the commit path either).
+    fn maintain_mapping(&mut self) {
+        let upkeep = lock(&self.state.capture).spool.maintenance();
+        upkeep.run();
     }
 
     /// Sleeps until there may be work: a short poll while records flow, a longer parked sleep

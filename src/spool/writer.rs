@@ -3,7 +3,7 @@
 //! (`fallocate`) and mapped `MAP_SHARED` (memmap2), and entries are copied straight into the
 //! mapping; sealing publishes the new tail in the control file, with no syscall at all. The page
 //! faults of first touches are taken off the commit path too: the consumer thread of the same
-//! process populates the window ahead of the write position (`prefault_window`,
+//! process populates the window ahead of the write position (`maintenance`,
 //! `MADV_POPULATE_WRITE`) before the writer gets there. Data in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process; only
 //! `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
 //!
@@ -22,9 +22,14 @@
 //!   a reservation (full disk, a filesystem without fallocate) and past the reserved capacity
 //!   (a transaction larger than the rest of the segment) the writer uses `pwrite`, whose errors
 //!   are ordinary `ENOSPC`/`EIO` results.
-//! - Memory: the writer holds no buffer; pages it wrote through the mapping are dropped from its
-//!   page tables every few MiB (`MADV_DONTNEED`; the data stays in the page cache), so neither a
-//!   huge transaction nor a long run grows the process's resident set.
+//! - Memory: the writer holds no buffer; pages it wrote through the mapping are dropped from the
+//!   process's page tables every few MiB (`MADV_DONTNEED`; the data stays in the page cache), so
+//!   neither a huge transaction nor a long run grows the resident set. The consumer thread does
+//!   this at its poll cadence (`maintenance`), because dropping page-table entries of a mapping
+//!   that two threads use costs a TLB-shootdown IPI whose wait belongs off the commit path
+//!   (measured: 10-18 % of the writer's time in a small-transaction WAL run when the writer did
+//!   it). The writer releases by itself only when the consumer fell `RELEASE_HARD_LIMIT` behind
+//!   (it is busy applying a big batch), which bounds the resident set either way.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -43,8 +48,10 @@ use super::segment_path;
 /// Room reserved past `rotate_at` so that transactions starting near the end of a segment still
 /// fit in the mapping.
 const SEGMENT_SLACK: u64 = 4 << 20;
-/// Written bytes after which the mapping's pages are released from our page tables.
+/// Written bytes after which the consumer releases the mapping's pages from our page tables.
 const RELEASE_EVERY: u64 = 2 << 20;
+/// Written, unreleased bytes after which the writer releases them itself.
+const RELEASE_HARD_LIMIT: u64 = 16 << 20;
 /// How far ahead of the write position the mapping is kept populated.
 const PREFAULT_WINDOW: u64 = 4 << 20;
 
@@ -60,7 +67,7 @@ struct OpenSegment {
     no: u64,
     file: File,
     /// Mapping of the reserved (fallocated) start of the file, if the reservation succeeded.
-    /// Shared with the consumer thread only for populating it ahead (`prefault_window`).
+    /// Shared with the consumer thread only for its upkeep (`maintenance`).
     map: Option<Arc<MmapRaw>>,
     /// Bytes of the mapping below this offset were released from our page tables.
     released: u64,
@@ -136,28 +143,29 @@ impl OpenSegment {
         Ok(())
     }
 
-    /// Drops mapped pages below `pos` from our page tables once enough accumulated.
-    fn release_below(&mut self, pos: u64) {
+    /// Records the write position; releases the pages below it here only when the consumer
+    /// fell `RELEASE_HARD_LIMIT` behind in releasing them.
+    fn advance_to(&mut self, pos: u64) {
         self.write_pos = pos;
-        let Some(m) = self.map.as_ref() else { return };
-        let end = pos.min(m.len() as u64) & !(page_size() - 1);
-        if end < self.released + RELEASE_EVERY {
-            return;
+        if let Some(range) = self.claim_release(pos, RELEASE_HARD_LIMIT) {
+            range.release();
+        }
+    }
+
+    /// Claims the written pages below `pos` for release once at least `min` bytes accumulated.
+    fn claim_release(&mut self, pos: u64, min: u64) -> Option<ReleaseRange> {
+        let map = self.map.as_ref()?;
+        let end = pos.min(map.len() as u64) & !(page_size() - 1);
+        if end < self.released + min {
+            return None;
         }
         let start = self.released;
-        // SAFETY: [start, end) lies inside our mapping and is page aligned. For a shared file
-        // mapping MADV_DONTNEED only drops page-table entries (dirty pages stay dirty in the page
-        // cache and reach the file); later accesses fault the same data back in.
-        let r = unsafe {
-            libc::madvise(
-                m.as_mut_ptr().add(start as usize) as *mut libc::c_void,
-                (end - start) as usize,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if r == 0 {
-            self.released = end;
-        }
+        self.released = end;
+        Some(ReleaseRange {
+            map: map.clone(),
+            offset: start as usize,
+            len: (end - start) as usize,
+        })
     }
 
     /// Makes `[start, end)` durable (durable mode only).
@@ -178,6 +186,73 @@ fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 { p as u64 } else { 4096 }
+}
+
+/// Mapping upkeep handed to the consumer thread (`SpoolWriter::maintenance`). The `Arc`s keep
+/// the mappings alive while it works on them without the capture lock.
+#[derive(Default)]
+pub struct Maintenance {
+    pub populate: Option<PopulateRange>,
+    pub release: Option<ReleaseRange>,
+}
+
+impl Maintenance {
+    /// Does the upkeep: drops the written pages, faults in the window ahead.
+    pub fn run(self) {
+        if let Some(r) = self.release {
+            r.release();
+        }
+        if let Some(p) = self.populate {
+            p.populate();
+        }
+    }
+}
+
+/// Part of the mapping ahead of the writer to fault in.
+pub struct PopulateRange {
+    map: Arc<MmapRaw>,
+    offset: usize,
+    len: usize,
+}
+
+impl PopulateRange {
+    fn populate(&self) {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        // SAFETY: [offset, offset + len) lies inside the mapping (`maintenance` clamps it to the
+        // mapping's length), which the Arc keeps alive. Populating only faults pages in; it does
+        // not change their contents. Failure (old kernel) just leaves the faults to the writer.
+        unsafe {
+            libc::madvise(
+                self.map.as_mut_ptr().add(self.offset) as *mut libc::c_void,
+                self.len,
+                MADV_POPULATE_WRITE,
+            )
+        };
+    }
+}
+
+/// Written part of the mapping to drop from the page tables.
+pub struct ReleaseRange {
+    map: Arc<MmapRaw>,
+    offset: usize,
+    len: usize,
+}
+
+impl ReleaseRange {
+    fn release(&self) {
+        // SAFETY: [offset, offset + len) lies inside the mapping, which the Arc keeps alive, and
+        // is page aligned (`claim_release`). For a shared file mapping MADV_DONTNEED only drops
+        // page-table entries: dirty pages stay dirty in the page cache and reach the file, and a
+        // later access (even a concurrent store by the writer, after an aborted transaction)
+        // faults the same page-cache page back in, so no written byte is lost.
+        unsafe {
+            libc::madvise(
+                self.map.as_mut_ptr().add(self.offset) as *mut libc::c_void,
+                self.len,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
 }
 
 /// Reserves blocks for the first `len` bytes of `file` (extending it); false if impossible.
@@ -219,24 +294,32 @@ impl SpoolWriter {
         self.txn.as_ref().map_or(0, |t| t.pages)
     }
 
-    /// The next part of the mapping to populate ahead of the write position, if a good part of
-    /// the window is missing: `(mapping, offset, length)`. The caller (the consumer thread)
-    /// populates it outside the capture lock; the `Arc` keeps the mapping alive meanwhile.
-    pub fn prefault_window(&mut self) -> Option<(Arc<MmapRaw>, usize, usize)> {
-        let seg = self.seg.as_mut()?;
-        let map = seg.map.as_ref()?;
+    /// The mapping upkeep that the consumer thread does for the writer, outside the capture
+    /// lock: the next part of the mapping to populate ahead of the write position (if a good
+    /// part of the window is missing) and the written pages to release behind it.
+    pub fn maintenance(&mut self) -> Maintenance {
+        let Some(seg) = self.seg.as_mut() else {
+            return Maintenance::default();
+        };
+        let release = seg.claim_release(seg.write_pos, RELEASE_EVERY);
+        let Some(map) = seg.map.as_ref() else {
+            return Maintenance::default();
+        };
         let len = map.len() as u64;
         let page = page_size();
         let from = seg.populated_to.max(seg.write_pos) & !(page - 1);
         let to = (seg.write_pos + PREFAULT_WINDOW).min(len);
-        if to < from + PREFAULT_WINDOW / 4 && to < len {
-            return None;
-        }
-        if to <= from {
-            return None;
-        }
-        seg.populated_to = to;
-        Some((map.clone(), from as usize, (to - from) as usize))
+        let populate = if (to < from + PREFAULT_WINDOW / 4 && to < len) || to <= from {
+            None
+        } else {
+            seg.populated_to = to;
+            Some(PopulateRange {
+                map: map.clone(),
+                offset: from as usize,
+                len: (to - from) as usize,
+            })
+        };
+        Maintenance { populate, release }
     }
 
     fn capacity(&self) -> u64 {
@@ -286,7 +369,7 @@ impl SpoolWriter {
             seg.write_at(txn.start + txn.len, p)?;
             txn.len += p.len() as u64;
         }
-        seg.release_below(txn.start + txn.len);
+        seg.advance_to(txn.start + txn.len);
         Ok(())
     }
 
