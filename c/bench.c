@@ -18,8 +18,9 @@
 **   bench serve   DB                              (stdin: "change FRAC SEED" | "quit")
 **   bench copy    backup-all|backup-step|vacuum|rsync SRC DST [--budget S] [--rsync PATH]
 **
-** VFS is `unix` or `spool`; with `spool` the backup is DB.backup and the spool DB-spool (the
-** default). RATE 0 means "as fast as one thread can commit".
+** VFS is `unix`, `passthru` (c/passthru.c: a shim that only forwards, the floor of any VFS-based
+** design) or `spool`; with `spool` the backup is DB.backup and the spool DB-spool (the default).
+** RATE 0 means "as fast as one thread can commit".
 */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -39,6 +40,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "passthru.c" /* the `passthru` VFS: the floor cost of any VFS shim */
 
 extern char **environ;
 
@@ -168,6 +171,7 @@ static void load_extension(void) {
   if (sqlite3_load_extension(boot, lib, "sqlite3_spoolvfs_init", &err) != SQLITE_OK)
     die("loading %s: %s", lib, err ? err : "?");
   sqlite3_close(boot);
+  if (passthru_register() != SQLITE_OK) die("registering the passthru VFS");
 }
 
 /* Append s to buf, percent-encoding what a URI may not hold literally. */

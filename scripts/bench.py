@@ -35,7 +35,9 @@ class Config:
 
     reps: int
     small_txns: int
+    small_txns_wal: int
     small_warmup: int
+    instr_txns: int
     bulk_rows: int
     lag_rates: list
     lag_seconds: float
@@ -62,7 +64,9 @@ CONFIGS = {
     "quick": Config(
         reps=2,
         small_txns=400,
+        small_txns_wal=2000,
         small_warmup=50,
+        instr_txns=200,
         bulk_rows=20_000,
         lag_rates=[500, 2000],
         lag_seconds=1.0,
@@ -86,7 +90,9 @@ CONFIGS = {
     "full": Config(
         reps=5,
         small_txns=3000,
+        small_txns_wal=30000,
         small_warmup=300,
+        instr_txns=5000,
         bulk_rows=200_000,
         lag_rates=[500, 2000],
         lag_seconds=10.0,
@@ -222,16 +228,29 @@ def bench_disk(b, cfg):
 # 1. writer cost (3. consumer throughput comes from the bulk spool arms)
 
 
+# The writer arms: plain SQLite, a C shim that only forwards every call to unix (c/passthru.c: the
+# floor of any design that observes SQLite through a VFS), and spoolvfs.
+WRITER_VFS = ("unix", "passthru", "spool")
+
+
+def small_txns(cfg, journal):
+    """WAL commits take microseconds, rollback ones milliseconds: equal run times, not counts."""
+    return cfg.small_txns_wal if journal == "wal" else cfg.small_txns
+
+
 def bench_writer(b, cfg):
-    """Writer cost of spool vs plain: for each workload and mode, `reps` interleaved pairs of fresh
-    arms (plain, spool, plain, spool, ...). Throughput and latency ratios are spool/plain of the
-    medians: what a writer pays for the live backup."""
+    """Writer cost of spool vs plain: for each workload and mode, `reps` interleaved rounds of fresh
+    arms (plain, passthru, spool, plain, ...). Throughput and latency ratios are spool/plain of the
+    medians: what a writer pays for the live backup; passthru/plain is what any VFS shim pays."""
     raw = []
     for workload in ("small", "bulk"):
-        n, warm = (cfg.small_txns, cfg.small_warmup) if workload == "small" else (cfg.bulk_rows, 0)
         for journal, sync in MODES:
+            if workload == "small":
+                n, warm = small_txns(cfg, journal), cfg.small_warmup
+            else:
+                n, warm = cfg.bulk_rows, 0
             for _ in range(cfg.reps):
-                for vfs in ("unix", "spool"):
+                for vfs in WRITER_VFS:
                     d = b.fresh("writer")
                     raw.append(b.run("writer", vfs, journal, sync, workload, n, warm, d / "db"))
     return {"raw": raw, "rows": summarize_writer(raw)}
@@ -248,7 +267,7 @@ def summarize_writer(raw):
                     if (r["workload"], r["journal"], r["sync"], r["vfs"])
                     == (workload, journal, sync, vfs)
                 ]
-                for vfs in ("unix", "spool")
+                for vfs in WRITER_VFS
             }
             unit = "txn_per_s" if workload == "small" else "rows_per_s"
             med = {
@@ -266,15 +285,74 @@ def summarize_writer(raw):
                     "sync": sync,
                     "unit": unit,
                     "plain": med["unix"],
+                    "shim": med["passthru"],
                     "spool": med["spool"],
                     "throughput_ratio": ratio(
                         med["spool"]["throughput"], med["unix"]["throughput"]
                     ),
                     "p50_ratio": ratio(med["spool"]["p50_ms"], med["unix"]["p50_ms"]),
                     "p99_ratio": ratio(med["spool"]["p99_ms"], med["unix"]["p99_ms"]),
+                    "shim_throughput_ratio": ratio(
+                        med["passthru"]["throughput"], med["unix"]["throughput"]
+                    ),
+                    "shim_p99_ratio": ratio(med["passthru"]["p99_ms"], med["unix"]["p99_ms"]),
                 }
             )
     return rows
+
+
+def bench_instructions(b, cfg):
+    """CPU instructions the writer thread executes per small transaction, per VFS, counted by
+    callgrind: unlike times, the counts repeat exactly whatever else the machine does, so they
+    show the writer-side cost of capture without the noise of a shared 2-core VM. Counted: the
+    benchmark's transaction function inclusive (BEGIN, INSERT, COMMIT and every VFS call beneath),
+    divided by the transactions it ran; the consumer thread is not in the count (it is its own
+    thread and has its own section)."""
+    valgrind = shutil.which("valgrind")
+    if not valgrind:
+        return {"skipped": "valgrind is not installed"}
+    rows = []
+    for journal, sync in (("wal", "normal"), ("delete", "normal")):
+        per_vfs = {}
+        for vfs in WRITER_VFS:
+            d = b.fresh("instr")
+            out = d / "callgrind.out"
+            warm = cfg.instr_txns // 10
+            subprocess.run(
+                [valgrind, "--tool=callgrind", "--separate-threads=yes",
+                 f"--callgrind-out-file={out}", b.exe, "writer", vfs, journal, sync, "small",
+                 str(cfg.instr_txns), str(warm), str(d / "db")],
+                env=b.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=3600,
+            )
+            per_vfs[vfs] = write_txn_instructions(out) / (cfg.instr_txns + warm)
+        rows.append(
+            {
+                "journal": journal,
+                "sync": sync,
+                "txns": cfg.instr_txns,
+                "instr_per_txn": per_vfs,
+                "shim_ratio": ratio(per_vfs["passthru"], per_vfs["unix"]),
+                "spool_ratio": ratio(per_vfs["spool"], per_vfs["unix"]),
+                "spool_extra": per_vfs["spool"] - per_vfs["unix"],
+            }
+        )
+    return {"rows": rows}
+
+
+def write_txn_instructions(out):
+    """Inclusive instruction count of `write_txn` in the main thread's callgrind profile."""
+    main_thread = Path(f"{out}-01")
+    text = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(main_thread)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for line in text.splitlines():
+        if line.rstrip().endswith("]") and ":write_txn " in line:
+            return int(line.split()[0].replace(",", ""))
+    raise RuntimeError(f"no write_txn in {main_thread}")
 
 
 def summarize_consumer(writer):
@@ -698,6 +776,7 @@ def main():
     overall = LoadMeter()
     section(results, "disk", bench_disk, b, cfg)
     section(results, "writer", bench_writer, b, cfg)
+    section(results, "instructions", bench_instructions, b, cfg)
     results["consumer"] = summarize_consumer(results["writer"])
     section(results, "lag", bench_lag, b, cfg)
     section(results, "ramp", bench_ramp, b, cfg)

@@ -224,15 +224,21 @@ def writer(r):
             x["plain"]["p99_ms"],
             x["spool"]["p99_ms"],
             x["p99_ratio"],
+            x.get("shim_throughput_ratio"),
+            x.get("shim_p99_ratio"),
         ]
         for x in r["writer"]["rows"]
     ]
     c = r["config"]
+    wal_n = c.get("small_txns_wal", c["small_txns"])
     return (
-        f"small: {c['small_txns']} one-row transactions (200 B) after {c['small_warmup']} "
-        f"warm-up, throughput in txn/s; bulk: 3 transactions of {c['bulk_rows']:,} rows, "
-        f"throughput in rows/s. Latency = BEGIN..COMMIT per transaction. Medians of "
-        f"{c['reps']} interleaved repetitions.\n\n"
+        f"small: one-row transactions (200 B; {wal_n:,} in WAL, {c['small_txns']:,} in rollback "
+        f"modes) after {c['small_warmup']} warm-up, throughput in txn/s; bulk: 3 transactions of "
+        f"{c['bulk_rows']:,} rows, throughput in rows/s. Latency = BEGIN..COMMIT per transaction. "
+        f"Medians of {c['reps']} interleaved repetitions. *shim*: `passthru` (c/passthru.c), a C "
+        "VFS that only forwards every call to unix, run in the same rounds: its ratios to plain "
+        "show how far two arms that execute the same work drift apart on this machine (the noise "
+        "floor of every ratio in the table).\n\n"
         + table(
             [
                 "workload",
@@ -246,6 +252,48 @@ def writer(r):
                 "p99 plain ms",
                 "p99 spool ms",
                 "p99 ratio",
+                "shim ratio",
+                "shim p99 ratio",
+            ],
+            rows,
+        )
+        + instructions(r)
+    )
+
+
+def instructions(r):
+    ins = r.get("instructions")
+    if not ins:
+        return ""
+    if "skipped" in ins:
+        return f"\nInstructions per transaction: skipped ({ins['skipped']}).\n"
+    rows = [
+        [
+            x["journal"],
+            x["sync"],
+            x["instr_per_txn"]["unix"],
+            x["instr_per_txn"]["passthru"],
+            x["instr_per_txn"]["spool"],
+            x["shim_ratio"],
+            x["spool_ratio"],
+            x["spool_extra"],
+        ]
+        for x in ins["rows"]
+    ]
+    return (
+        "\nInstructions the writer thread executes per small transaction (callgrind, "
+        f"{ins['rows'][0]['txns']:,} transactions per arm; exact and repeatable, unlike times; the "
+        "consumer thread is not included):\n\n"
+        + table(
+            [
+                "journal",
+                "sync",
+                "plain",
+                "shim",
+                "spool",
+                "shim ratio",
+                "spool ratio",
+                "spool extra / txn",
             ],
             rows,
         )

@@ -31,7 +31,7 @@ use libsqlite3_sys::{
     sqlite3_vfs,
 };
 
-use super::{api, c_str, guard, sqlite_string};
+use super::{api, c_str, guard, guard_or_else, sqlite_string};
 use crate::capture::{Capture, ConnId, Outcome};
 use crate::config::Config;
 use crate::dbstate::{DbState, lock, registry};
@@ -152,11 +152,11 @@ const CAPTURE_PANIC: &str = "internal error (panic) in capture";
 /// panic inside discards the connection's transaction and becomes a reported loss (resync), never
 /// an error for SQLite.
 fn capture(state: &DbState, conn: ConnId, ends_txn: bool, f: impl FnOnce(&mut Capture) -> Outcome) {
-    let panicked = Outcome {
+    let panicked = || Outcome {
         sealed: None,
         lost: Some(CAPTURE_PANIC.into()),
     };
-    let out = guard(panicked, || {
+    let out = guard_or_else(panicked, || {
         let mut cap = lock(&state.capture);
         if crate::faults::active("capture_panic") {
             panic!("injected capture panic");

@@ -74,6 +74,12 @@ pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
 }
 
+/// `guard` whose panic value is built only after a panic (for values that allocate: building
+/// them eagerly would cost an allocation on every call of the commit path).
+pub fn guard_or_else<T>(on_panic: impl FnOnce() -> T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| on_panic())
+}
+
 /// Writes to SQLite's error log (`sqlite3_log`), which applications can route anywhere.
 pub fn log(code: c_int, msg: &str) {
     let Some(f) = api().and_then(|a| a.log) else {

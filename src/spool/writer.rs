@@ -182,10 +182,14 @@ impl OpenSegment {
     }
 }
 
+/// The OS page size (asked once: it sits on the append path).
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 { p as u64 } else { 4096 }
+    })
 }
 
 /// Mapping upkeep handed to the consumer thread (`SpoolWriter::maintenance`). The `Arc`s keep
