@@ -71,7 +71,7 @@ pub fn install_panic_hook() {
 /// Runs `f`, turning a panic into `on_panic` so it never unwinds into C (the panic hook has
 /// already logged it through `sqlite3_log`).
 pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
+    guard_or_else(|| on_panic, f)
 }
 
 /// `guard` whose panic value is built only after a panic (for values that allocate: building

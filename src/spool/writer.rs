@@ -153,7 +153,7 @@ impl OpenSegment {
     }
 
     /// Claims the written pages below `pos` for release once at least `min` bytes accumulated.
-    fn claim_release(&mut self, pos: u64, min: u64) -> Option<ReleaseRange> {
+    fn claim_release(&mut self, pos: u64, min: u64) -> Option<MappedRange> {
         let map = self.map.as_ref()?;
         let end = pos.min(map.len() as u64) & !(page_size() - 1);
         if end < self.released + min {
@@ -161,7 +161,7 @@ impl OpenSegment {
         }
         let start = self.released;
         self.released = end;
-        Some(ReleaseRange {
+        Some(MappedRange {
             map: map.clone(),
             offset: start as usize,
             len: (end - start) as usize,
@@ -196,8 +196,8 @@ fn page_size() -> u64 {
 /// the mappings alive while it works on them without the capture lock.
 #[derive(Default)]
 pub struct Maintenance {
-    pub populate: Option<PopulateRange>,
-    pub release: Option<ReleaseRange>,
+    pub populate: Option<MappedRange>,
+    pub release: Option<MappedRange>,
 }
 
 impl Maintenance {
@@ -212,48 +212,37 @@ impl Maintenance {
     }
 }
 
-/// Part of the mapping ahead of the writer to fault in.
-pub struct PopulateRange {
+/// A page-aligned part of a spool mapping, with the `Arc` that keeps the mapping alive.
+pub struct MappedRange {
     map: Arc<MmapRaw>,
     offset: usize,
     len: usize,
 }
 
-impl PopulateRange {
+impl MappedRange {
+    /// Faults the range in. Failure (old kernel) just leaves the faults to the writer.
     fn populate(&self) {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
-        // SAFETY: [offset, offset + len) lies inside the mapping (`maintenance` clamps it to the
-        // mapping's length), which the Arc keeps alive. Populating only faults pages in; it does
-        // not change their contents. Failure (old kernel) just leaves the faults to the writer.
-        unsafe {
-            libc::madvise(
-                self.map.as_mut_ptr().add(self.offset) as *mut libc::c_void,
-                self.len,
-                MADV_POPULATE_WRITE,
-            )
-        };
+        self.advise(MADV_POPULATE_WRITE);
     }
-}
 
-/// Written part of the mapping to drop from the page tables.
-pub struct ReleaseRange {
-    map: Arc<MmapRaw>,
-    offset: usize,
-    len: usize,
-}
-
-impl ReleaseRange {
+    /// Drops the range from the page tables. For a shared file mapping MADV_DONTNEED only drops
+    /// page-table entries: dirty pages stay dirty in the page cache and reach the file, and a
+    /// later access (even a concurrent store by the writer, after an aborted transaction) faults
+    /// the same page-cache page back in, so no written byte is lost.
     fn release(&self) {
-        // SAFETY: [offset, offset + len) lies inside the mapping, which the Arc keeps alive, and
-        // is page aligned (`claim_release`). For a shared file mapping MADV_DONTNEED only drops
-        // page-table entries: dirty pages stay dirty in the page cache and reach the file, and a
-        // later access (even a concurrent store by the writer, after an aborted transaction)
-        // faults the same page-cache page back in, so no written byte is lost.
+        self.advise(libc::MADV_DONTNEED);
+    }
+
+    fn advise(&self, advice: libc::c_int) {
+        // SAFETY: [offset, offset + len) lies inside the mapping (`maintenance` and
+        // `claim_release` clamp it to the mapping's length), which the Arc keeps alive. Neither
+        // advice used here changes the mapped file's contents (see `populate` and `release`).
         unsafe {
             libc::madvise(
                 self.map.as_mut_ptr().add(self.offset) as *mut libc::c_void,
                 self.len,
-                libc::MADV_DONTNEED,
+                advice,
             )
         };
     }
@@ -317,7 +306,7 @@ impl SpoolWriter {
             None
         } else {
             seg.populated_to = to;
-            Some(PopulateRange {
+            Some(MappedRange {
                 map: map.clone(),
                 offset: from as usize,
                 len: (to - from) as usize,
