@@ -21,6 +21,14 @@
 //! record is rebuilt at its end from the WAL file itself, which at that point (write lock still
 //! held) holds exactly the committed frames: a rare path, so the common one stays a memcpy.
 //!
+//! WAL page images are stored with the frame header SQLite wrote and the checksum seed SQLite
+//! started from (`WalFrame` entries): the consumer verifies them with SQLite's own frame checksum,
+//! so the commit path computes no checksum of its own. The seed of a frame is the previous frame's
+//! checksum, known here when this process wrote that frame (`ChainPoint`), or the WAL header's
+//! checksum for frame 0. When it is not known (another process wrote the previous frame, a
+//! rollback, frames rewritten in place) the frame is stored as a CRC-checked `Page` entry. A wrong
+//! seed can only make verification fail (a resync), never let a wrong image through.
+//!
 //! The database size of a record comes from the page-1 header (rollback) or the commit frame
 //! (WAL), never from the file size (the unix VFS resizes files invisibly inside file controls).
 //!
@@ -37,7 +45,7 @@ use std::sync::Arc;
 
 use crate::dbheader;
 use crate::spool::control::{Control, pid_alive};
-use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
+use crate::spool::format::{self, CommitInfo, RecordKind, SourceMode};
 use crate::spool::writer::{SealedPos, SpoolWriter};
 use crate::util::now_us;
 use crate::wal::{self, FrameHeader, WalHeader, WalRegion};
@@ -124,6 +132,23 @@ impl SlotMap {
     }
 }
 
+/// The last WAL frame header this process wrote: the checksum seed of the frame after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChainPoint {
+    slot: u64,
+    salts: (u32, u32),
+    cksum: (u32, u32),
+}
+
+/// The frame header just written, waiting for its page image (SQLite writes the two back to back).
+#[derive(Debug, Clone, Copy)]
+struct PendingFrame {
+    slot: u64,
+    header: [u8; wal::WAL_FRAME_HEADER_LEN as usize],
+    /// Checksum seed of this frame, when known.
+    seed: Option<(u32, u32)>,
+}
+
 #[derive(Default)]
 struct WalTxn {
     /// Page number of each frame slot of the open transaction whose header it wrote, indexed from
@@ -138,6 +163,8 @@ struct WalTxn {
     /// or in exclusive locking mode after a rollback): the streamed entries may hold content that
     /// never committed, so the record is rebuilt from the WAL's committed frames when it ends.
     reread: bool,
+    /// Header of the frame whose page image comes next.
+    pending: Option<PendingFrame>,
 }
 
 /// The first 100 bytes of page 1 as currently in the database file (read on demand by the VFS
@@ -162,6 +189,9 @@ pub struct Capture {
     rollback: RollbackTxn,
     wal: WalTxn,
     wal_header: Option<WalHeader>,
+    /// Last frame header written through this process, if nothing could have changed the WAL's
+    /// checksum chain since (reset on rollback, restart, truncation, rewrites).
+    chain: Option<ChainPoint>,
     /// Connection whose transaction is open.
     txn_conn: Option<ConnId>,
     /// The open transaction is being discarded after an internal error: ignore its events until
@@ -197,6 +227,7 @@ impl Capture {
             rollback: RollbackTxn::default(),
             wal: WalTxn::default(),
             wal_header: None,
+            chain: None,
             txn_conn: None,
             discarding: false,
             db_pages,
@@ -280,7 +311,9 @@ impl Capture {
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
         self.wal.commit = None;
+        self.wal.pending = None;
         self.wal.slot_pgno.clear();
+        self.chain = None;
         self.spool.abort();
         self.end_txn();
     }
@@ -469,6 +502,7 @@ impl Capture {
             if fresh.is_some() && fresh != self.wal_header {
                 self.wal_header = fresh;
                 self.wal.slot_pgno.clear();
+                self.chain = None;
             }
         }
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
@@ -478,6 +512,7 @@ impl Capture {
                     // A new WAL or a restart: frames are numbered from the start again.
                     self.wal_header = Some(h);
                     self.wal.slot_pgno.clear();
+                    self.chain = None;
                     return Outcome::default();
                 }
                 Outcome::lost(format!(
@@ -498,7 +533,22 @@ impl Capture {
                     self.wal.first_slot = Some(slot);
                 }
                 let offset = (pgno as u64 - 1) * page_size as u64;
-                match self.spool.append_page(&self.control, offset, data) {
+                let pending = self.wal.pending.take().filter(|p| p.slot == slot);
+                if pending.is_none() {
+                    // A page rewritten in place: SQLite now defers the checksums of this
+                    // transaction's frames to its commit, so the chain is broken.
+                    self.chain = None;
+                }
+                let big_endian = self.wal_header.is_some_and(|h| h.big_endian_cksum);
+                let written = match pending.and_then(|p| Some((p.header, p.seed?))) {
+                    Some((header, seed)) => {
+                        let prefix = format::wal_frame_prefix(&header, seed, big_endian);
+                        self.spool
+                            .append_wal_frame(&self.control, offset, &prefix, data)
+                    }
+                    None => self.spool.append_page(&self.control, offset, data),
+                };
+                match written {
                     Ok(()) => Outcome { sealed: None, lost },
                     Err(e) => self.failed("capturing a WAL frame", e),
                 }
@@ -527,7 +577,9 @@ impl Capture {
                 self.wal.reread = true;
                 self.wal.first_slot = Some(first.min(slot));
             } else if self.wal.commit.is_some() && slot <= self.wal.max_slot {
-                // walRewriteChecksums rewrites headers of this transaction's frames: same pages.
+                // walRewriteChecksums rewrites headers of this transaction's frames: same pages,
+                // new checksums, so the chain we hold no longer matches the WAL.
+                self.chain = None;
                 return out;
             } else if self.wal.commit.is_some() {
                 // A new transaction began without an unlock between (exclusive mode): seal first.
@@ -549,7 +601,42 @@ impl Capture {
         if fh.commit_size != 0 {
             self.wal.commit = Some((slot, fh.commit_size));
         }
+        self.track_chain(slot, &fh, data);
         out
+    }
+
+    /// Remembers the frame header just written with its checksum seed, and moves the chain on.
+    ///
+    /// After a frame of the open transaction was rewritten in place, SQLite writes the following
+    /// headers with zero salts and checksums and fixes them at commit (walRewriteChecksums): a
+    /// header whose salts are not the WAL's breaks the chain until the next transaction.
+    fn track_chain(&mut self, slot: u64, fh: &FrameHeader, data: &[u8]) {
+        let salts = (fh.salt1, fh.salt2);
+        let wal_salts = self.wal_header.map(|h| (h.salt1, h.salt2));
+        if wal_salts != Some(salts) {
+            self.wal.pending = None;
+            self.chain = None;
+            return;
+        }
+        let seed = if self.wal.reread {
+            None
+        } else if slot == 0 {
+            self.wal_header
+                .filter(|h| (h.salt1, h.salt2) == salts)
+                .map(|h| h.cksum)
+        } else {
+            self.chain
+                .filter(|c| c.slot + 1 == slot && c.salts == salts)
+                .map(|c| c.cksum)
+        };
+        let mut header = [0u8; wal::WAL_FRAME_HEADER_LEN as usize];
+        header.copy_from_slice(&data[..wal::WAL_FRAME_HEADER_LEN as usize]);
+        self.wal.pending = Some(PendingFrame { slot, header, seed });
+        self.chain = Some(ChainPoint {
+            slot,
+            salts,
+            cksum: fh.cksum,
+        });
     }
 
     /// The WAL file was truncated (checkpoint TRUNCATE, journal_size_limit).
@@ -558,6 +645,7 @@ impl Capture {
             self.wal_header = None;
             self.wal.slot_pgno.clear();
         }
+        self.chain = None;
     }
 
     /// The WAL write lock was released (`xShmLock` UNLOCK of slot 0).
@@ -607,6 +695,11 @@ impl Capture {
             .map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
         let first = self.wal.first_slot.unwrap_or(commit_slot);
         let reread = std::mem::take(&mut self.wal.reread);
+        if reread {
+            // Headers were rewritten in place (walRewriteChecksums): the chain is not ours to know.
+            self.chain = None;
+        }
+        self.wal.pending = None;
         self.wal.slot_pgno.clear();
         self.wal.first_slot = None;
         self.wal.max_slot = 0;
@@ -759,6 +852,118 @@ mod tests {
         let got = r.read_records(None, 100).unwrap();
         assert_eq!(got.records.len(), 1);
         assert_eq!(got.records[0].pages[1].offset, 512);
+    }
+
+    /// Kind of the entry whose page image starts at `payload_pos`.
+    fn entry_kind_at(
+        file: &std::fs::File,
+        page: &crate::spool::reader::PageRef,
+    ) -> format::EntryKind {
+        let mut h = [0u8; format::ENTRY_HEADER_LEN];
+        for back in [
+            format::ENTRY_HEADER_LEN,
+            format::ENTRY_HEADER_LEN + format::WAL_FRAME_PREFIX_LEN,
+        ] {
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut h, page.payload_pos - back as u64)
+                .unwrap();
+            if let Some(e) = format::decode_entry_header(&h)
+                && e.payload_len as usize + format::ENTRY_HEADER_LEN == back + page.len as usize
+            {
+                return e.kind;
+            }
+        }
+        panic!("no entry header before {page:?}");
+    }
+
+    #[test]
+    fn wal_frames_keep_sqlite_checksums_while_the_chain_is_known() {
+        let (mut c, d) = capture("chain");
+        // Transaction 1: frames 0-1 (the seed of frame 0 is the WAL header's checksum).
+        // Transaction 2: frame 2, chained to our commit frame 1. Transaction 3 starts at frame 4:
+        // frame 3 was written by someone else, so its first seed is unknown.
+        let wal = build_wal(
+            512,
+            &[(1, 0, 1), (2, 3, 2), (3, 3, 3), (4, 4, 4), (5, 5, 5)],
+            (1, 2),
+        );
+        let frame = |slot: usize| (32 + slot * 536, 32 + slot * 536 + 24);
+        c.on_wal_write(1, 0, &wal[..32], &mut no_wal_header);
+        for txn in [&[0usize, 1][..], &[2], &[4]] {
+            for &slot in txn {
+                let (h, p) = frame(slot);
+                c.on_wal_write(1, h as u64, &wal[h..p], &mut no_wal_header);
+                c.on_wal_write(1, p as u64, &wal[p..p + 512], &mut no_wal_header);
+            }
+            assert!(c.on_wal_write_unlock(1).sealed.is_some());
+        }
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let got = r.read_records(None, 100).unwrap();
+        assert!(!got.torn);
+        let kinds: Vec<_> = got
+            .records
+            .iter()
+            .flat_map(|rec| rec.pages.iter().map(|p| entry_kind_at(&r.file, p)))
+            .collect();
+        use format::EntryKind::{Page, WalFrame};
+        assert_eq!(kinds, [WalFrame, WalFrame, WalFrame, Page]);
+        // A damaged page image is caught by SQLite's checksum (our CRC does not cover it).
+        let damaged = got.records[1].pages[0].payload_pos + 100;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(crate::spool::segment_path(&d, 1));
+        std::os::unix::fs::FileExt::write_all_at(&f.unwrap(), &[0xee], damaged).unwrap();
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let got = r.read_records(None, 100).unwrap();
+        assert!(got.torn);
+        assert_eq!(got.records.len(), 1);
+    }
+
+    #[test]
+    fn frames_after_an_in_place_rewrite_are_not_chained() {
+        let (mut c, d) = capture("recksum");
+        // Frames 0 and 1 spilled; page 1 is written again in place (data only), after which SQLite
+        // writes new headers with zero salts and checksums (fixed at commit by rewriting them).
+        let wal = build_wal(512, &[(1, 0, 1), (2, 0, 2), (3, 3, 3)], (1, 2));
+        let at = |slot: usize| 32 + slot * 536;
+        c.on_wal_write(1, 0, &wal[..32], &mut no_wal_header);
+        for slot in 0..2 {
+            c.on_wal_write(
+                1,
+                at(slot) as u64,
+                &wal[at(slot)..at(slot) + 24],
+                &mut no_wal_header,
+            );
+            let p = at(slot) + 24;
+            c.on_wal_write(1, p as u64, &wal[p..p + 512], &mut no_wal_header);
+        }
+        c.on_wal_write(1, at(0) as u64 + 24, &[9u8; 512], &mut no_wal_header);
+        let mut zeroed = [0u8; 24];
+        zeroed[..8].copy_from_slice(&wal[at(2)..at(2) + 8]);
+        c.on_wal_write(1, at(2) as u64, &zeroed, &mut no_wal_header);
+        let p = at(2) + 24;
+        c.on_wal_write(1, p as u64, &wal[p..p + 512], &mut no_wal_header);
+        for slot in 0..3 {
+            // walRewriteChecksums: final headers (content irrelevant here).
+            c.on_wal_write(
+                1,
+                at(slot) as u64,
+                &wal[at(slot)..at(slot) + 24],
+                &mut no_wal_header,
+            );
+        }
+        assert!(c.on_wal_write_unlock(1).sealed.is_some());
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let got = r.read_records(None, 100).unwrap();
+        assert!(!got.torn);
+        let kinds: Vec<_> = got.records[0]
+            .pages
+            .iter()
+            .map(|p| entry_kind_at(&r.file, p))
+            .collect();
+        use format::EntryKind::{Page, WalFrame};
+        assert_eq!(kinds, [WalFrame, WalFrame, Page, Page]);
+        // The chain is unknown after the rewrite: the next transaction starts with a Page entry.
+        assert_eq!(c.chain, None);
     }
 
     #[test]

@@ -4,11 +4,22 @@
 //! segment  = header(32) entry*
 //! header   = "SPOOLSG1" | version u32 | reserved u32 | segment number u64 | created µs u64
 //! entry    = kind u32 | payload length u32 | arg u64 | crc32 u32 | reserved u32 | payload
-//!            Page:   arg = byte offset in the database file, payload = the bytes written there
-//!            Commit: arg = sequence number,          payload = CommitInfo (64 bytes)
+//!            Page:     arg = byte offset in the database file, payload = the bytes written there
+//!            WalFrame: arg = byte offset in the database file,
+//!                      payload = frame prefix (40 bytes) | the page image of a WAL frame
+//!            Commit:   arg = sequence number,          payload = CommitInfo (64 bytes)
+//! frame prefix = the frame's 24-byte WAL header as SQLite wrote it | seed s1 u32 BE | s2 u32 BE
+//!                | flags u32 (bit 0: checksum words are big-endian) | reserved u32 (0)
 //! ```
-//! All integers little-endian. The CRC covers the first 16 header bytes and the payload, so a torn
-//! or garbage entry is recognised and ends the readable part of a segment.
+//! Integers little-endian unless marked BE. The CRC covers the first 16 header bytes and the
+//! payload (`WalFrame`: only the prefix), so a torn or garbage entry is recognised and ends the
+//! readable part of a segment.
+//!
+//! A `WalFrame` page image is not covered by our CRC but by SQLite's own WAL checksum: the frame
+//! header holds the cumulative checksum SQLite computed over the frame header's first 8 bytes and
+//! the page, starting from the seed (the previous frame's checksum, or the WAL header's for frame
+//! 0). The reader recomputes it from the prefix. The writer thus spends no cycles on a checksum of
+//! its own for WAL frames whose seed it knows (see `capture.rs`); others are `Page` entries.
 
 /// Magic at the start of every segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SPOOLSG1";
@@ -22,12 +33,15 @@ pub const ENTRY_HEADER_LEN: usize = 24;
 pub const COMMIT_PAYLOAD_LEN: usize = 64;
 /// Largest payload accepted by the reader (a 64 KiB page is the largest write SQLite makes).
 pub const MAX_PAYLOAD_LEN: u32 = 1 << 17;
+/// Length of the prefix of a `WalFrame` payload, before the page image.
+pub const WAL_FRAME_PREFIX_LEN: usize = 40;
 
 /// What an entry carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     Page = 1,
     Commit = 2,
+    WalFrame = 3,
 }
 
 /// How a sealed transaction ended in the source.
@@ -105,16 +119,50 @@ pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
 
 /// Encodes an entry header for `payload`.
 pub fn encode_entry_header(kind: EntryKind, arg: u64, payload: &[u8]) -> [u8; ENTRY_HEADER_LEN] {
+    // Payloads are page images (≤ 64 KiB) or commit records: the length always fits.
+    encode_header(kind, payload.len() as u32, arg, payload)
+}
+
+fn encode_header(kind: EntryKind, len: u32, arg: u64, covered: &[u8]) -> [u8; ENTRY_HEADER_LEN] {
     let mut h = [0u8; ENTRY_HEADER_LEN];
     put_u32(&mut h, 0, kind as u32);
-    // Payloads are page images (≤ 64 KiB) or commit records: the length always fits.
-    put_u32(&mut h, 4, payload.len() as u32);
+    put_u32(&mut h, 4, len);
     put_u64(&mut h, 8, arg);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h[..16]);
-    crc.update(payload);
+    crc.update(covered);
     put_u32(&mut h, 16, crc.finalize());
     h
+}
+
+/// Builds the prefix of a `WalFrame` entry: the frame header SQLite wrote and the checksum seed
+/// it started from.
+pub fn wal_frame_prefix(
+    frame_header: &[u8; 24],
+    seed: (u32, u32),
+    big_endian_cksum: bool,
+) -> [u8; WAL_FRAME_PREFIX_LEN] {
+    let mut p = [0u8; WAL_FRAME_PREFIX_LEN];
+    p[..24].copy_from_slice(frame_header);
+    p[24..28].copy_from_slice(&seed.0.to_be_bytes());
+    p[28..32].copy_from_slice(&seed.1.to_be_bytes());
+    put_u32(&mut p, 32, big_endian_cksum as u32);
+    p
+}
+
+/// Encodes the header of a `WalFrame` entry whose payload is `prefix` followed by `page_len`
+/// bytes of page image. Only the prefix goes through the CRC.
+pub fn encode_wal_frame_header(
+    arg: u64,
+    prefix: &[u8; WAL_FRAME_PREFIX_LEN],
+    page_len: usize,
+) -> [u8; ENTRY_HEADER_LEN] {
+    encode_header(
+        EntryKind::WalFrame,
+        (WAL_FRAME_PREFIX_LEN + page_len) as u32,
+        arg,
+        prefix,
+    )
 }
 
 /// A decoded entry header; the payload is not yet verified.
@@ -134,12 +182,17 @@ pub fn decode_entry_header(h: &[u8]) -> Option<EntryHeader> {
     let kind = match get_u32(h, 0) {
         1 => EntryKind::Page,
         2 => EntryKind::Commit,
+        3 => EntryKind::WalFrame,
         _ => return None,
     };
     let payload_len = get_u32(h, 4);
     let ok_len = match kind {
         EntryKind::Page => payload_len > 0 && payload_len <= MAX_PAYLOAD_LEN,
         EntryKind::Commit => payload_len as usize == COMMIT_PAYLOAD_LEN,
+        EntryKind::WalFrame => {
+            let page = payload_len.saturating_sub(WAL_FRAME_PREFIX_LEN as u32);
+            page > 0 && page <= MAX_PAYLOAD_LEN && page.is_multiple_of(8)
+        }
     };
     if !ok_len || get_u32(h, 20) != 0 {
         return None;
@@ -152,15 +205,46 @@ pub fn decode_entry_header(h: &[u8]) -> Option<EntryHeader> {
     })
 }
 
-/// True if `payload` matches the CRC of the entry whose header bytes are `h`.
+/// True if `payload` belongs to the entry whose header bytes are `h`: its CRC matches and, for a
+/// `WalFrame`, SQLite's frame checksum over the page image matches the frame header and the page
+/// number matches the entry's offset.
 pub fn verify_entry(h: &[u8], payload: &[u8]) -> bool {
     let Some(e) = decode_entry_header(h) else {
         return false;
     };
+    if payload.len() != e.payload_len as usize {
+        return false;
+    }
+    let covered = match e.kind {
+        EntryKind::WalFrame => &payload[..WAL_FRAME_PREFIX_LEN],
+        EntryKind::Page | EntryKind::Commit => payload,
+    };
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h[..16]);
-    crc.update(payload);
-    payload.len() == e.payload_len as usize && crc.finalize() == e.crc
+    crc.update(covered);
+    if crc.finalize() != e.crc {
+        return false;
+    }
+    e.kind != EntryKind::WalFrame || verify_wal_frame(e.arg, payload)
+}
+
+fn verify_wal_frame(arg: u64, payload: &[u8]) -> bool {
+    let (prefix, page) = payload.split_at(WAL_FRAME_PREFIX_LEN);
+    let be = |at: usize| {
+        u32::from_be_bytes([prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]])
+    };
+    let big_endian = match get_u32(prefix, 32) {
+        0 => false,
+        1 => true,
+        _ => return false,
+    };
+    let pgno = be(0);
+    if pgno == 0 || get_u32(prefix, 36) != 0 || arg != (pgno as u64 - 1) * page.len() as u64 {
+        return false;
+    }
+    let seed = (be(24), be(28));
+    let sum = crate::wal::checksum(big_endian, &prefix[..8], seed);
+    crate::wal::checksum(big_endian, page, sum) == (be(16), be(20))
 }
 
 /// Encodes a commit payload.
@@ -248,6 +332,49 @@ mod tests {
         assert!(decode_entry_header(&[0u8; 24]).is_none());
         assert!(decode_entry_header(&[0xffu8; 24]).is_none());
         assert!(decode_commit(&[0u8; 64]).is_none());
+    }
+
+    /// A WAL frame as SQLite would write it after a frame whose checksum is `seed`.
+    fn frame(pgno: u32, page: &[u8], seed: (u32, u32), big_endian: bool) -> [u8; 24] {
+        let mut h = [0u8; 24];
+        h[..4].copy_from_slice(&pgno.to_be_bytes());
+        h[8..16].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let s = crate::wal::checksum(big_endian, &h[..8], seed);
+        let s = crate::wal::checksum(big_endian, page, s);
+        h[16..20].copy_from_slice(&s.0.to_be_bytes());
+        h[20..24].copy_from_slice(&s.1.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn wal_frames_are_verified_by_sqlite_checksum() {
+        for big_endian in [false, true] {
+            let page = (0..1024u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>();
+            let seed = (0x1234_5678, 0x9abc_def0);
+            let prefix = wal_frame_prefix(&frame(3, &page, seed, big_endian), seed, big_endian);
+            let h = encode_wal_frame_header(2048, &prefix, page.len());
+            let payload = [&prefix[..], &page].concat();
+            assert!(verify_entry(&h, &payload));
+            let e = decode_entry_header(&h).unwrap();
+            assert_eq!((e.kind, e.payload_len), (EntryKind::WalFrame, 1064));
+            // A flipped page byte (not covered by the CRC) fails SQLite's checksum.
+            let mut bad = payload.clone();
+            bad[WAL_FRAME_PREFIX_LEN + 700] ^= 0x10;
+            assert!(!verify_entry(&h, &bad));
+            // A zeroed page (an unwritten block after power loss) fails too.
+            let mut zero = payload.clone();
+            zero[WAL_FRAME_PREFIX_LEN..].fill(0);
+            assert!(!verify_entry(&h, &zero));
+            // A wrong seed, a prefix byte, or an offset that is not the frame's page.
+            let wrong = wal_frame_prefix(&frame(3, &page, seed, big_endian), (1, 2), big_endian);
+            let wh = encode_wal_frame_header(2048, &wrong, page.len());
+            assert!(!verify_entry(&wh, &[&wrong[..], &page].concat()));
+            let mut badp = payload.clone();
+            badp[2] ^= 1;
+            assert!(!verify_entry(&h, &badp));
+            let off = encode_wal_frame_header(4096, &prefix, page.len());
+            assert!(!verify_entry(&off, &payload));
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Reading sealed transactions back from a segment (consumer side).
 //!
-//! Invariant: `read_records` returns only whole transactions whose every entry passed its CRC and
-//! whose `Commit` entry counts exactly the `Page` entries before it. It never returns a record past
+//! Invariant: `read_records` returns only whole transactions whose every entry passed its CRC (and,
+//! for WAL frames, SQLite's frame checksum) and whose `Commit` entry counts exactly the page
+//! entries before it. It never returns a record past
 //! `limit`. An invalid entry ends the readable part: `torn` says whether that happened before the
 //! limit (which, for a limit the writer published as sealed, means lost data).
 
@@ -154,6 +155,11 @@ impl SegmentReader {
                     offset: entry.arg,
                     len: entry.payload_len,
                     payload_pos,
+                }),
+                EntryKind::WalFrame => pages.push(PageRef {
+                    offset: entry.arg,
+                    len: entry.payload_len - format::WAL_FRAME_PREFIX_LEN as u32,
+                    payload_pos: payload_pos + format::WAL_FRAME_PREFIX_LEN as u64,
                 }),
                 EntryKind::Commit => {
                     let Some(info) = format::decode_commit(payload) else {

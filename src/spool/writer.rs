@@ -391,6 +391,38 @@ impl SpoolWriter {
         Ok(())
     }
 
+    /// Appends one WAL frame's page image of the open transaction, verified later by SQLite's
+    /// checksum in `prefix` instead of a CRC (see `format`).
+    pub fn append_wal_frame(
+        &mut self,
+        control: &Control,
+        offset: u64,
+        prefix: &[u8; format::WAL_FRAME_PREFIX_LEN],
+        data: &[u8],
+    ) -> io::Result<()> {
+        let r = self.append_frame_inner(control, offset, prefix, data);
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    fn append_frame_inner(
+        &mut self,
+        control: &Control,
+        offset: u64,
+        prefix: &[u8; format::WAL_FRAME_PREFIX_LEN],
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.begin(control)?;
+        let header = format::encode_wal_frame_header(offset, prefix, data.len());
+        self.push(&[&header, prefix, data])?;
+        if let Some(t) = self.txn.as_mut() {
+            t.pages += 1;
+        }
+        Ok(())
+    }
+
     /// Seals the open transaction: takes the next sequence number, writes the commit entry and
     /// publishes the new tail. Returns the sequence number and position.
     pub fn seal(&mut self, control: &Control, info: &CommitInfo) -> io::Result<(u64, SealedPos)> {
