@@ -374,21 +374,8 @@ impl SpoolWriter {
 
     /// Appends one page write of the open transaction.
     pub fn append_page(&mut self, control: &Control, offset: u64, data: &[u8]) -> io::Result<()> {
-        let r = self.append_inner(control, offset, data);
-        if r.is_err() {
-            self.reset();
-        }
-        r
-    }
-
-    fn append_inner(&mut self, control: &Control, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.begin(control)?;
         let header = format::encode_entry_header(EntryKind::Page, offset, data);
-        self.push(&[&header, data])?;
-        if let Some(t) = self.txn.as_mut() {
-            t.pages += 1;
-        }
-        Ok(())
+        self.append_image(control, &[&header, data])
     }
 
     /// Appends one WAL frame's page image of the open transaction, verified later by SQLite's
@@ -400,23 +387,17 @@ impl SpoolWriter {
         prefix: &[u8; format::WAL_FRAME_PREFIX_LEN],
         data: &[u8],
     ) -> io::Result<()> {
-        let r = self.append_frame_inner(control, offset, prefix, data);
-        if r.is_err() {
-            self.reset();
-        }
-        r
+        let header = format::encode_wal_frame_header(offset, prefix, data.len());
+        self.append_image(control, &[&header, prefix, data])
     }
 
-    fn append_frame_inner(
-        &mut self,
-        control: &Control,
-        offset: u64,
-        prefix: &[u8; format::WAL_FRAME_PREFIX_LEN],
-        data: &[u8],
-    ) -> io::Result<()> {
-        self.begin(control)?;
-        let header = format::encode_wal_frame_header(offset, prefix, data.len());
-        self.push(&[&header, prefix, data])?;
+    /// Appends the parts of one page entry to the open transaction, opening it if needed. After
+    /// an error the transaction and the segment are forgotten (the caller reports the loss).
+    fn append_image(&mut self, control: &Control, parts: &[&[u8]]) -> io::Result<()> {
+        if let Err(e) = self.begin(control).and_then(|()| self.push(parts)) {
+            self.reset();
+            return Err(e);
+        }
         if let Some(t) = self.txn.as_mut() {
             t.pages += 1;
         }
