@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "passthru.c" /* the `passthru` VFS: the floor cost of any VFS shim */
+#include "uri_append.h"
 
 extern char **environ;
 
@@ -172,19 +173,6 @@ static void load_extension(void) {
     die("loading %s: %s", lib, err ? err : "?");
   sqlite3_close(boot);
   if (passthru_register() != SQLITE_OK) die("registering the passthru VFS");
-}
-
-/* Append s to buf, percent-encoding what a URI may not hold literally. */
-static void uri_append(char *buf, size_t cap, const char *s) {
-  size_t n = strlen(buf);
-  for (; *s && n + 4 < cap; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c <= ' ' || c >= 0x7f || strchr("%?#&=", c))
-      n += (size_t)snprintf(buf + n, cap - n, "%%%02X", c);
-    else
-      buf[n++] = (char)c;
-  }
-  buf[n] = 0;
 }
 
 /* Open PATH through VFS ("unix" or "spool"; with spool the backup is PATH.backup), read-only with

@@ -31,6 +31,7 @@
 #include <time.h>
 
 #include "spoolvfs.h"
+#include "uri_append.h"
 
 static sqlite3 *db;
 
@@ -79,19 +80,6 @@ static uint64_t rnd(void) { /* xorshift64* */
   return rng_state * 2685821657736338717ULL;
 }
 static int rnd_range(int lo, int hi) { return lo + (int)(rnd() % (uint64_t)(hi - lo + 1)); }
-
-/* Append s to buf percent-encoding what a URI path or value may not hold literally. */
-static void uri_append(char *buf, size_t cap, const char *s) {
-  size_t n = strlen(buf);
-  for (; *s && n + 4 < cap; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c <= ' ' || c >= 0x7f || strchr("%?#&=", c))
-      n += (size_t)snprintf(buf + n, cap - n, "%%%02X", c);
-    else
-      buf[n++] = (char)c;
-  }
-  buf[n] = 0;
-}
 
 static double now(void) {
   struct timespec ts;

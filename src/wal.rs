@@ -19,7 +19,8 @@ const MAGIC_LE: u32 = 0x377f_0682;
 const MAGIC_BE: u32 = 0x377f_0683;
 const FORMAT_VERSION: u32 = 3_007_000;
 
-fn be(b: &[u8], at: usize) -> u32 {
+/// The big-endian u32 at `at` (every integer of the WAL format is big-endian).
+pub(crate) fn be(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 

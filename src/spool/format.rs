@@ -229,22 +229,23 @@ pub fn verify_entry(h: &[u8], payload: &[u8]) -> bool {
 }
 
 fn verify_wal_frame(arg: u64, payload: &[u8]) -> bool {
+    use crate::wal::{FrameHeader, be, checksum};
     let (prefix, page) = payload.split_at(WAL_FRAME_PREFIX_LEN);
-    let be = |at: usize| {
-        u32::from_be_bytes([prefix[at], prefix[at + 1], prefix[at + 2], prefix[at + 3]])
-    };
     let big_endian = match get_u32(prefix, 32) {
         0 => false,
         1 => true,
         _ => return false,
     };
-    let pgno = be(0);
-    if pgno == 0 || get_u32(prefix, 36) != 0 || arg != (pgno as u64 - 1) * page.len() as u64 {
+    let Some(frame) = FrameHeader::parse(prefix) else {
+        return false;
+    };
+    let pgno = frame.pgno as u64;
+    if pgno == 0 || get_u32(prefix, 36) != 0 || arg != (pgno - 1) * page.len() as u64 {
         return false;
     }
-    let seed = (be(24), be(28));
-    let sum = crate::wal::checksum(big_endian, &prefix[..8], seed);
-    crate::wal::checksum(big_endian, page, sum) == (be(16), be(20))
+    let seed = (be(prefix, 24), be(prefix, 28));
+    let sum = checksum(big_endian, &prefix[..8], seed);
+    checksum(big_endian, page, sum) == frame.cksum
 }
 
 /// Encodes a commit payload.

@@ -291,6 +291,18 @@ def pages_equal_except_header(source, backup) -> FileComparison:
     return FileComparison(False, _describe(a, b, ps_a, diffs))
 
 
+def assert_sync_recovers(con, db, backup, after: str, ctx: str) -> dict:
+    """After damage or an outside change (`after` names it): spool_sync(30000) returns 1 and the
+    backup converges (a reported last_error is allowed: the product says what it repaired).
+    Returns the status seen after the sync."""
+    got = spool_sync(con, 30000)
+    assert got == 1, (
+        f"expected spool_sync(30000) = 1 after {after}, got {got}; "
+        f"{spool_status(con)} [{ctx}]"
+    )
+    return assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
 def assert_backup_converged(con, db, backup, context: str = "", allow_last_error=False) -> dict:
     """Sync, then check everything the product promises about the backup of `con`'s main db.
 

@@ -87,12 +87,7 @@ def test_write_without_spoolvfs_is_detected_while_idle(
     assert sh.scalar(con, "SELECT count(*) FROM t WHERE k = -2") == 1, (
         f"A must see the shell's write [{ctx}]"
     )
-    got = sh.spool_sync(con, 30000)
-    assert got == 1, (
-        f"expected spool_sync(30000) = 1 after a write without spoolvfs, got {got}; "
-        f"{sh.spool_status(con)} [{ctx}]"
-    )
-    st = sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+    st = sh.assert_sync_recovers(con, db, backup, "a write without spoolvfs", ctx)
     assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
     assert st["last_error"] and "without spoolvfs" in st["last_error"], (
         f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
@@ -109,12 +104,7 @@ def test_deleted_backup_is_recreated(connections, tmp_path, rng, repro, journal)
     assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the deletion [{ctx}]"
     os.remove(backup)
     a_writes(con, rng)
-    got = sh.spool_sync(con, 30000)
-    assert got == 1, (
-        f"expected spool_sync(30000) = 1 after the backup was deleted, got {got}; "
-        f"{sh.spool_status(con)} [{ctx}]"
-    )
-    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+    sh.assert_sync_recovers(con, db, backup, "the backup was deleted", ctx)
 
 
 @pytest.mark.parametrize("how", ["renamed-over", "copied-over"])
@@ -143,12 +133,7 @@ def test_backup_replaced_by_another_database(connections, tmp_path, rng, repro, 
         "setup: the backup now holds the other db"
     )
     a_writes(con, rng)
-    got = sh.spool_sync(con, 30000)
-    assert got == 1, (
-        f"expected spool_sync(30000) = 1 after the backup was replaced, got {got}; "
-        f"{sh.spool_status(con)} [{ctx}]"
-    )
-    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+    sh.assert_sync_recovers(con, db, backup, "the backup was replaced", ctx)
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])
