@@ -183,7 +183,13 @@ static sqlite3 *open_db(const char *path, const char *vfs, int readonly) {
   strcat(uri, "?vfs=");
   strcat(uri, vfs);
   if (strcmp(vfs, "spool") == 0) {
-    snprintf(backup, sizeof backup, "%s.backup", path);
+    /* BENCH_BACKUP_DIR puts the backup on another filesystem (the bench's "backup elsewhere"
+       arm); the spool stays beside the database. */
+    const char *dir = getenv("BENCH_BACKUP_DIR"), *base = strrchr(path, '/');
+    if (dir && *dir)
+      snprintf(backup, sizeof backup, "%s/%s.backup", dir, base ? base + 1 : path);
+    else
+      snprintf(backup, sizeof backup, "%s.backup", path);
     strcat(uri, "&backup=");
     uri_append(uri, sizeof uri, backup);
   }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::capture::{Capture, Outcome};
+use crate::capture::{Capture, Outcome, Sealed};
 use crate::config::Config;
 use crate::spool::control::Control;
 
@@ -126,33 +126,39 @@ impl DbState {
 
     /// Publishes what a capture event produced (the sealed record is already in the control file).
     pub fn publish(&self, out: Outcome) {
-        if out.sealed.is_none() && out.lost.is_none() {
-            return;
-        }
-        if let Some(s) = out.sealed {
-            let bytes = s.info.n_pages as u64 * s.info.page_size as u64;
-            self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
-            if out.lost.is_none() {
-                if self.parked.load(Ordering::Acquire) {
-                    self.ring();
-                }
-                return;
-            }
+        if let Some(s) = &out.sealed {
+            self.publish_sealed(s, out.lost.is_none());
         }
         if let Some(msg) = out.lost {
-            self.control.bump_lost();
-            let mut p = lock(&self.progress);
-            p.errors += 1;
-            p.last_error = Some(msg.clone());
-            drop(p);
-            crate::ffi::log(
-                libsqlite3_sys::SQLITE_WARNING,
-                &format!(
-                    "spoolvfs: {}: {msg}; a resync is scheduled",
-                    self.cfg.db.display()
-                ),
-            );
+            self.report_lost(msg);
         }
+    }
+
+    /// Counts a sealed record and wakes a parked consumer (`ring_now`: no loss follows, whose
+    /// report rings anyway). Lock-free: it runs on every commit.
+    pub fn publish_sealed(&self, s: &Sealed, ring_now: bool) {
+        let bytes = s.info.n_pages as u64 * s.info.page_size as u64;
+        self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
+        if ring_now && self.parked.load(Ordering::Acquire) {
+            self.ring();
+        }
+    }
+
+    /// Reports changes the backup missed: counted in the control file (a resync follows), shown
+    /// as `last_error`, logged, and the consumer woken.
+    pub fn report_lost(&self, msg: String) {
+        self.control.bump_lost();
+        let mut p = lock(&self.progress);
+        p.errors += 1;
+        p.last_error = Some(msg.clone());
+        drop(p);
+        crate::ffi::log(
+            libsqlite3_sys::SQLITE_WARNING,
+            &format!(
+                "spoolvfs: {}: {msg}; a resync is scheduled",
+                self.cfg.db.display()
+            ),
+        );
         self.ring();
     }
 

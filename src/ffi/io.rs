@@ -152,31 +152,29 @@ const CAPTURE_PANIC: &str = "internal error (panic) in capture";
 /// panic inside discards the connection's transaction and becomes a reported loss (resync), never
 /// an error for SQLite.
 fn capture(state: &DbState, conn: ConnId, ends_txn: bool, f: impl FnOnce(&mut Capture) -> Outcome) {
-    let panicked = || Outcome {
-        sealed: None,
-        lost: Some(CAPTURE_PANIC.into()),
-    };
-    let out = guard_or_else(panicked, || {
-        let mut cap = lock(&state.capture);
-        if crate::faults::active("capture_panic") {
-            panic!("injected capture panic");
-        }
-        let out = f(&mut cap);
-        // Publish while holding the capture lock so records are published in sequence order.
-        state.publish(Outcome {
-            sealed: out.sealed,
-            lost: None,
-        });
-        Outcome {
-            sealed: None,
-            lost: out.lost,
-        }
-    });
-    if out.lost.as_deref() == Some(CAPTURE_PANIC) {
+    // Returns only the loss (a small value through catch_unwind): this runs several times per
+    // commit, and a sealed record is published inside, under the capture lock, so that records
+    // are published in sequence order.
+    let lost = guard_or_else(
+        || Some(CAPTURE_PANIC.to_owned()),
+        || {
+            let mut cap = lock(&state.capture);
+            if crate::faults::active("capture_panic") {
+                panic!("injected capture panic");
+            }
+            let out = f(&mut cap);
+            if let Some(s) = &out.sealed {
+                state.publish_sealed(s, out.lost.is_none());
+            }
+            out.lost
+        },
+    );
+    let Some(msg) = lost else { return };
+    if msg == CAPTURE_PANIC {
         // Whatever the step did half-way, the transaction cannot be trusted: drop all of it.
         guard((), || lock(&state.capture).poisoned(conn, ends_txn));
     }
-    state.publish(out);
+    state.report_lost(msg);
 }
 
 fn uri_names(name: *const c_char) -> Vec<String> {

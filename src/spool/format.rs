@@ -117,6 +117,13 @@ pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
     Some(get_u64(h, 16))
 }
 
+/// A fresh CRC-32 hasher. `crc32fast::Hasher::new` detects the CPU's features on every call;
+/// cloning one hasher that detected them once keeps that off the per-commit path.
+fn crc_hasher() -> crc32fast::Hasher {
+    static DETECTED: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    DETECTED.get_or_init(crc32fast::Hasher::new).clone()
+}
+
 /// Encodes an entry header for `payload`.
 pub fn encode_entry_header(kind: EntryKind, arg: u64, payload: &[u8]) -> [u8; ENTRY_HEADER_LEN] {
     // Payloads are page images (≤ 64 KiB) or commit records: the length always fits.
@@ -128,7 +135,7 @@ fn encode_header(kind: EntryKind, len: u32, arg: u64, covered: &[u8]) -> [u8; EN
     put_u32(&mut h, 0, kind as u32);
     put_u32(&mut h, 4, len);
     put_u64(&mut h, 8, arg);
-    let mut crc = crc32fast::Hasher::new();
+    let mut crc = crc_hasher();
     crc.update(&h[..16]);
     crc.update(covered);
     put_u32(&mut h, 16, crc.finalize());
@@ -219,7 +226,7 @@ pub fn verify_entry(h: &[u8], payload: &[u8]) -> bool {
         EntryKind::WalFrame => &payload[..WAL_FRAME_PREFIX_LEN],
         EntryKind::Page | EntryKind::Commit => payload,
     };
-    let mut crc = crc32fast::Hasher::new();
+    let mut crc = crc_hasher();
     crc.update(&h[..16]);
     crc.update(covered);
     if crc.finalize() != e.crc {
