@@ -486,25 +486,21 @@ def bench_lag(b, cfg):
 def bench_ramp(b, cfg):
     """Highest commit rate the backup keeps up with: rates rise until the backup falls behind
     (lag p99 >= 100 ms, or still >= 100 ms behind when the writer stops) or the writer itself
-    cannot go faster (rate 0 = unpaced, as fast as one thread commits)."""
+    cannot go faster (rate 0 = unpaced, as fast as one thread commits). A step that fails is run
+    once more before it counts: on a shared VM one stall of the host's disk (hundreds of ms, seen
+    in busy runs) fails a 5 s step whatever the rate; a rate the backup cannot sustain fails
+    twice. Both attempts are kept in `steps`."""
     out = {}
     for journal in ("wal", "delete"):
         steps, best, limit = [], None, "none: kept up with an unpaced writer"
         for rate in cfg.ramp_rates:
-            r = run_lag(b, "spool", journal, "normal", rate, cfg.ramp_seconds, cfg.lag_warmup)
-            kept = r["lag"]["p99_ms"] < 100 and r["lag_ms_at_end"] < 100
-            reached = rate == 0 or r["achieved_rate"] >= 0.9 * rate
-            steps.append(
-                {
-                    "rate": rate,
-                    "achieved_rate": r["achieved_rate"],
-                    "kept_up": kept,
-                    "lag_p99_ms": r["lag"]["p99_ms"],
-                    "lag_max_ms": r["lag"]["max_ms"],
-                    "lag_ms_at_end": r["lag_ms_at_end"],
-                    "consumer_cpu_pct": r["consumer_cpu_pct"],
-                }
-            )
+            for attempt in (1, 2):
+                r = run_lag(b, "spool", journal, "normal", rate, cfg.ramp_seconds, cfg.lag_warmup)
+                kept = r["lag"]["p99_ms"] < 100 and r["lag_ms_at_end"] < 100
+                reached = rate == 0 or r["achieved_rate"] >= 0.9 * rate
+                steps.append(ramp_step(rate, attempt, kept, r))
+                if kept and reached:
+                    break
             if not kept:
                 limit = f"backup fell behind at {r['achieved_rate']:.0f} txn/s"
                 break
@@ -514,6 +510,19 @@ def bench_ramp(b, cfg):
                 break
         out[journal] = {"steps": steps, "max_sustained_rate": best, "limited_by": limit}
     return out
+
+
+def ramp_step(rate, attempt, kept, r):
+    return {
+        "rate": rate,
+        "attempt": attempt,
+        "achieved_rate": r["achieved_rate"],
+        "kept_up": kept,
+        "lag_p99_ms": r["lag"]["p99_ms"],
+        "lag_max_ms": r["lag"]["max_ms"],
+        "lag_ms_at_end": r["lag_ms_at_end"],
+        "consumer_cpu_pct": r["consumer_cpu_pct"],
+    }
 
 
 def bench_timeline(b, cfg):

@@ -363,7 +363,8 @@ def freshness(r):
             x["max_sustained_rate"],
             x["limited_by"],
             " → ".join(
-                f"{s['rate'] or 'unpaced'}: {s['achieved_rate']:.0f}/s p99 {s['lag_p99_ms']:.1f} ms"
+                f"{s['rate'] or 'unpaced'}{' (again)' if s.get('attempt') == 2 else ''}: "
+                f"{s['achieved_rate']:.0f}/s p99 {s['lag_p99_ms']:.1f} ms"
                 for s in x["steps"]
             ),
         ]
