@@ -239,16 +239,13 @@ WRITER_VFS = (*SHIM_VFS, ELSEWHERE)
 ELSEWHERE_ROOT = Path("/dev/shm")
 
 
-def elsewhere_dir(b, cfg):
-    """A fresh tmpfs directory for the backup of the "elsewhere" arm, or None (with a note) when
-    there is no tmpfs with room for the bulk arm's backup (container /dev/shm is often 64 MB)."""
+def elsewhere_dir(cfg):
+    """Where the "elsewhere" arm puts its backup (created fresh per arm), or None when there is
+    no tmpfs with room for the bulk arm's backup (container /dev/shm is often 64 MB)."""
     need_mb = 2 * cfg.bulk_rows * 230 // 1_000_000 + 64
     if not ELSEWHERE_ROOT.is_dir() or free_mb(ELSEWHERE_ROOT) < need_mb:
         return None
-    path = ELSEWHERE_ROOT / f"spoolvfs-bench-{os.getpid()}"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir()
-    return path
+    return ELSEWHERE_ROOT / f"spoolvfs-bench-{os.getpid()}"
 
 
 def run_writer(b, vfs, journal, sync, workload, n, warm, elsewhere):
@@ -258,11 +255,13 @@ def run_writer(b, vfs, journal, sync, workload, n, warm, elsewhere):
         return b.run("writer", vfs, journal, sync, workload, n, warm, d / "db")
     shutil.rmtree(elsewhere, ignore_errors=True)
     elsewhere.mkdir()
-    r = b.run(
-        "writer", "spool", journal, sync, workload, n, warm, d / "db",
-        env={"BENCH_BACKUP_DIR": str(elsewhere)},
-    )
-    shutil.rmtree(elsewhere, ignore_errors=True)
+    try:
+        r = b.run(
+            "writer", "spool", journal, sync, workload, n, warm, d / "db",
+            env={"BENCH_BACKUP_DIR": str(elsewhere)},
+        )
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)  # tmpfs is memory
     return dict(r, vfs=ELSEWHERE)
 
 
@@ -277,7 +276,7 @@ def bench_writer(b, cfg):
     medians: what a writer pays for the live backup; passthru/plain is what any VFS shim pays;
     spool-elsewhere/plain is what capture alone costs when the backup has its own device."""
     raw = []
-    elsewhere = elsewhere_dir(b, cfg)
+    elsewhere = elsewhere_dir(cfg)
     arms = WRITER_VFS if elsewhere else SHIM_VFS
     if not elsewhere:
         cfg.notes.append(f"{ELSEWHERE} writer arm skipped: no tmpfs at {ELSEWHERE_ROOT} with room")
@@ -290,8 +289,6 @@ def bench_writer(b, cfg):
             for _ in range(cfg.reps):
                 for vfs in arms:
                     raw.append(run_writer(b, vfs, journal, sync, workload, n, warm, elsewhere))
-    if elsewhere:
-        shutil.rmtree(elsewhere, ignore_errors=True)
     return {"raw": raw, "rows": summarize_writer(raw)}
 
 

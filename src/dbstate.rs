@@ -127,19 +127,18 @@ impl DbState {
     /// Publishes what a capture event produced (the sealed record is already in the control file).
     pub fn publish(&self, out: Outcome) {
         if let Some(s) = &out.sealed {
-            self.publish_sealed(s, out.lost.is_none());
+            self.publish_sealed(s);
         }
         if let Some(msg) = out.lost {
             self.report_lost(msg);
         }
     }
 
-    /// Counts a sealed record and wakes a parked consumer (`ring_now`: no loss follows, whose
-    /// report rings anyway). Lock-free: it runs on every commit.
-    pub fn publish_sealed(&self, s: &Sealed, ring_now: bool) {
+    /// Counts a sealed record and wakes a parked consumer. Lock-free: it runs on every commit.
+    pub fn publish_sealed(&self, s: &Sealed) {
         let bytes = s.info.n_pages as u64 * s.info.page_size as u64;
         self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
-        if ring_now && self.parked.load(Ordering::Acquire) {
+        if self.parked.load(Ordering::Acquire) {
             self.ring();
         }
     }

@@ -164,7 +164,7 @@ fn capture(state: &DbState, conn: ConnId, ends_txn: bool, f: impl FnOnce(&mut Ca
             }
             let out = f(&mut cap);
             if let Some(s) = &out.sealed {
-                state.publish_sealed(s, out.lost.is_none());
+                state.publish_sealed(s);
             }
             out.lost
         },

@@ -117,11 +117,15 @@ pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
     Some(get_u64(h, 16))
 }
 
-/// A fresh CRC-32 hasher. `crc32fast::Hasher::new` detects the CPU's features on every call;
-/// cloning one hasher that detected them once keeps that off the per-commit path.
-fn crc_hasher() -> crc32fast::Hasher {
+/// CRC-32 of an entry: its first 16 header bytes, then the `covered` part of its payload.
+/// `crc32fast::Hasher::new` detects the CPU's features on every call; cloning one hasher that
+/// detected them once keeps that off the per-commit path.
+fn entry_crc(header16: &[u8], covered: &[u8]) -> u32 {
     static DETECTED: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
-    DETECTED.get_or_init(crc32fast::Hasher::new).clone()
+    let mut crc = DETECTED.get_or_init(crc32fast::Hasher::new).clone();
+    crc.update(header16);
+    crc.update(covered);
+    crc.finalize()
 }
 
 /// Encodes an entry header for `payload`.
@@ -135,10 +139,8 @@ fn encode_header(kind: EntryKind, len: u32, arg: u64, covered: &[u8]) -> [u8; EN
     put_u32(&mut h, 0, kind as u32);
     put_u32(&mut h, 4, len);
     put_u64(&mut h, 8, arg);
-    let mut crc = crc_hasher();
-    crc.update(&h[..16]);
-    crc.update(covered);
-    put_u32(&mut h, 16, crc.finalize());
+    let crc = entry_crc(&h[..16], covered);
+    put_u32(&mut h, 16, crc);
     h
 }
 
@@ -226,10 +228,7 @@ pub fn verify_entry(h: &[u8], payload: &[u8]) -> bool {
         EntryKind::WalFrame => &payload[..WAL_FRAME_PREFIX_LEN],
         EntryKind::Page | EntryKind::Commit => payload,
     };
-    let mut crc = crc_hasher();
-    crc.update(&h[..16]);
-    crc.update(covered);
-    if crc.finalize() != e.crc {
+    if entry_crc(&h[..16], covered) != e.crc {
         return false;
     }
     e.kind != EntryKind::WalFrame || verify_wal_frame(e.arg, payload)
