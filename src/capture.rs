@@ -42,6 +42,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::dbheader;
 use crate::spool::control::{Control, pid_alive};
@@ -177,6 +178,22 @@ pub type WalHeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; wal::WAL_HEADE
 /// Identifies a connection: the address of its main-database file object.
 pub type ConnId = usize;
 
+/// Whether some connection's transaction is open in the capture state, readable without the
+/// capture lock. Events that can only end a transaction (commit phase two, the WAL write lock's
+/// release, unlocking the database file) check it first and skip the lock when it is false:
+/// whatever such an event does starts with `txn_conn`, and with none set it does nothing. A
+/// connection reads its own claim in program order (SQLite serializes a connection's calls), and
+/// only a locked section that also clears `txn_conn` stores false.
+#[derive(Default)]
+pub struct TxnClaim(AtomicBool);
+
+impl TxnClaim {
+    /// False only when no transaction is open: an ending event may then be skipped.
+    pub fn held(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Capture state of one database, shared by all its connections in this process.
 pub struct Capture {
     pub spool: SpoolWriter,
@@ -194,6 +211,8 @@ pub struct Capture {
     chain: Option<ChainPoint>,
     /// Connection whose transaction is open.
     txn_conn: Option<ConnId>,
+    /// `txn_conn.is_some()`, readable without the capture lock (see `TxnClaim`).
+    claim: Arc<TxnClaim>,
     /// The open transaction is being discarded after an internal error: ignore its events until
     /// it ends, keeping the shared "transaction open" claim so no resync picks a point inside it.
     discarding: bool,
@@ -229,6 +248,7 @@ impl Capture {
             wal_header: None,
             chain: None,
             txn_conn: None,
+            claim: Arc::new(TxnClaim::default()),
             discarding: false,
             db_pages,
             page_size,
@@ -251,13 +271,13 @@ impl Capture {
                 // Impossible under SQLite's locking (one writer at a time); if it happens anyway
                 // the records cannot be trusted.
                 self.drop_open();
-                self.txn_conn = Some(conn);
+                self.set_txn_conn(Some(conn));
                 self.control.set_txn_owner(self.pid);
                 return Some("two connections wrote at once".to_string());
             }
             return None;
         }
-        self.txn_conn = Some(conn);
+        self.set_txn_conn(Some(conn));
         let owner = self.control.txn_owner();
         let mut lost = None;
         if owner != 0 && owner != self.pid && !pid_alive(owner) {
@@ -268,8 +288,18 @@ impl Capture {
         lost
     }
 
+    /// The lock-free mirror of `txn_conn`, for `DbState`.
+    pub fn claim(&self) -> Arc<TxnClaim> {
+        self.claim.clone()
+    }
+
+    fn set_txn_conn(&mut self, conn: Option<ConnId>) {
+        self.txn_conn = conn;
+        self.claim.0.store(conn.is_some(), Ordering::Release);
+    }
+
     fn end_txn(&mut self) {
-        self.txn_conn = None;
+        self.set_txn_conn(None);
         self.control.clear_txn_owner_if(self.pid);
     }
 
@@ -285,7 +315,7 @@ impl Capture {
         self.drop_open();
         self.discarding = false;
         if !ended {
-            self.txn_conn = Some(conn);
+            self.set_txn_conn(Some(conn));
             self.discarding = true;
             self.control.set_txn_owner(self.pid);
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::capture::{Capture, Outcome, Sealed};
+use crate::capture::{Capture, Outcome, Sealed, TxnClaim};
 use crate::config::Config;
 use crate::spool::control::Control;
 
@@ -66,6 +66,9 @@ pub struct DbState {
     pub cfg: Config,
     pub control: Arc<Control>,
     pub capture: Mutex<Capture>,
+    /// `Capture::claim`: lets transaction-ending events skip the capture lock when no
+    /// transaction is open.
+    pub txn_claim: Arc<TxnClaim>,
     pub progress: Mutex<Progress>,
     /// Signalled whenever this process's consumer makes progress.
     pub changed: Condvar,
@@ -93,6 +96,7 @@ impl DbState {
         Arc::new(DbState {
             cfg,
             control,
+            txn_claim: capture.claim(),
             capture: Mutex::new(capture),
             progress: Mutex::new(Progress {
                 last_error: None,

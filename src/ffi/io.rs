@@ -510,8 +510,13 @@ unsafe fn header_reader(
 unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
     guard(SQLITE_IOERR_UNLOCK, || {
         // Seal before the lock is released so the record is ordered before the next writer's.
+        // Only a release to SHARED or less can end a transaction, and only an open one.
         // SAFETY: opened wrapper.
-        if unsafe { role_of(f) } == Role::MainDb {
+        if unsafe { role_of(f) } == Role::MainDb
+            && level <= libsqlite3_sys::SQLITE_LOCK_SHARED
+            // SAFETY: opened wrapper.
+            && unsafe { state_of(f) }.txn_claim.held()
+        {
             // SAFETY: opened main-db wrapper.
             let mut header = unsafe { header_reader(f) };
             // SAFETY: opened wrapper.
@@ -546,7 +551,8 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
         match op {
             // Sent only for commits, after the commit is durable and still under the lock.
             // Never fail it: the transaction is already committed.
-            SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb => {
+            // In WAL mode the record was sealed at the write lock's release, before this.
+            SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb && state.txn_claim.held() => {
                 // SAFETY: opened main-db wrapper.
                 let mut header = unsafe { header_reader(f) };
                 capture(state, conn, true, |c| {
@@ -608,8 +614,12 @@ unsafe extern "C" fn x_shm_lock(
         // published the commit in the wal-index. Seal *before* forwarding the release, so the
         // record takes its sequence number while no other writer (any process) can commit.
         let write_unlock = flags == (SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE) && offset == 0;
-        // SAFETY: opened wrapper.
-        if write_unlock && unsafe { role_of(f) } == Role::MainDb {
+        if write_unlock
+            // SAFETY: opened wrapper.
+            && unsafe { role_of(f) } == Role::MainDb
+            // SAFETY: opened wrapper.
+            && unsafe { state_of(f) }.txn_claim.held()
+        {
             // SAFETY: opened wrapper.
             let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
             capture(state, conn, true, |c| c.on_wal_write_unlock(conn));
