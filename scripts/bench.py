@@ -415,6 +415,7 @@ def summarize_consumer(writer):
                 "sync": sync,
                 "applied_mb": median([c["applied_mb"] for c in cs]),
                 "drain_s": median([c["drain_s"] for c in cs]),
+                "apply_busy_s": median([c.get("apply_busy_s") for c in cs]),
                 "apply_mb_s": median([c["apply_mb_s"] for c in cs]),
                 "cpu_s_per_gb": median([c["cpu_s_per_gb"] for c in cs]),
             }

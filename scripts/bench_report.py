@@ -379,12 +379,35 @@ def freshness(r):
 
 def consumer(r):
     rows = [
-        [x["journal"], x["sync"], x["applied_mb"], x["drain_s"], x["apply_mb_s"], x["cpu_s_per_gb"]]
+        [
+            x["journal"],
+            x["sync"],
+            x["applied_mb"],
+            x.get("apply_busy_s"),
+            x["apply_mb_s"],
+            x["cpu_s_per_gb"],
+            x["drain_s"],
+        ]
         for x in r["consumer"]
     ]
-    return table(
-        ["journal", "sync", "applied MB", "commit → synced s", "apply MB/s", "consumer CPU s/GB"],
-        rows,
+    return (
+        "Apply MB/s = page bytes applied / the consumer's busy time for them (`spool_status` "
+        "`apply_ms`: from reading the batches out of the spool through the backup's last fsync). "
+        "*End of COMMIT → synced* is what an application waiting with `spool_sync()` sees; in WAL "
+        "mode it is near zero because COMMIT itself returns only after the autocheckpoint it "
+        "triggers, during which the consumer applies.\n\n"
+        + table(
+            [
+                "journal",
+                "sync",
+                "applied MB",
+                "consumer busy s",
+                "apply MB/s",
+                "consumer CPU s/GB",
+                "end of COMMIT → synced s",
+            ],
+            rows,
+        )
     )
 
 
@@ -411,7 +434,7 @@ def memory(r):
             "overhead MB",
             "plain txn s",
             "spool txn s",
-            "spool commit → synced s",
+            "spool end of COMMIT → synced s",
         ],
         rows,
     )

@@ -53,6 +53,9 @@ pub struct Progress {
     pub bytes_applied: u64,
     pub pages_applied: u64,
     pub batches: u64,
+    /// Time this process's consumer spent on the applied batches, from reading them out of the
+    /// spool to the backup's last fsync (microseconds): what `bytes_applied` cost it.
+    pub apply_us: u64,
     /// Pages compared and total pages of the running resync.
     pub resync_done: u64,
     pub resync_total: u64,
@@ -107,6 +110,7 @@ impl DbState {
                 bytes_applied: 0,
                 pages_applied: 0,
                 batches: 0,
+                apply_us: 0,
                 resync_done: 0,
                 resync_total: 0,
                 checks_requested: 0,

@@ -81,6 +81,7 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
         ("bytes_applied", p.bytes_applied.to_string()),
         ("pages_applied", p.pages_applied.to_string()),
         ("batches", p.batches.to_string()),
+        ("apply_ms", format!("{:.3}", p.apply_us as f64 / 1000.0)),
         ("durable", state.cfg.durable.to_string()),
     ];
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();

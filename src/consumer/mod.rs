@@ -431,6 +431,7 @@ impl Consumer {
         if young && sealed.seq - applied.seq < GROUP_MAX_RECORDS && !stopping && !someone_waits {
             return Ok(Step::Idle);
         }
+        let started = Instant::now();
         let records = self
             .read_batch(sealed.pos)
             .map_err(|e| format!("reading the spool: {e}"))?;
@@ -476,6 +477,8 @@ impl Consumer {
         }
         c.publish_applied(prev);
         self.last_work = Instant::now();
+        lock(&self.state.progress).apply_us +=
+            self.last_work.duration_since(started).as_micros() as u64;
         if c.sealed().seq == prev.seq {
             c.set_behind_since(0);
         }

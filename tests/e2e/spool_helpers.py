@@ -33,6 +33,9 @@ STATUS_KEYS: dict[str, tuple[type, ...]] = {
     "lag_ms": (int, float),
     "last_error": (type(None), str),
     "resyncs": (int,),
+    "bytes_applied": (int,),
+    "batches": (int,),
+    "apply_ms": (int, float),
 }
 
 ROLLBACK_MODES = ("delete", "truncate", "persist", "memory", "off")
@@ -143,7 +146,7 @@ def check_status_shape(st: dict) -> None:
         val = st[key]
         ok = isinstance(val, types) and not (isinstance(val, bool) and bool not in types)
         assert ok, f"spool_status()[{key!r}] = {val!r} is not {[t.__name__ for t in types]}"
-    for key in ("captured", "applied", "pending_bytes", "resyncs", "lag_ms"):
+    for key in ("captured", "applied", "pending_bytes", "resyncs", "lag_ms", "apply_ms"):
         assert st[key] >= 0, f"spool_status()[{key!r}] is negative: {st}"
 
 

@@ -161,6 +161,10 @@ def test_status_functions(connections, tmp_path):
     after = sh.spool_status(con)
     assert after["captured"] >= before["captured"] + 5, (before, after)
     assert after["applied"] == after["captured"], after
+    # This process's consumer applied them: its batch and busy-time counters moved.
+    assert after["batches"] > before["batches"], (before, after)
+    assert after["apply_ms"] > before["apply_ms"], (before, after)
+    assert after["bytes_applied"] > before["bytes_applied"], (before, after)
     assert sh.logical_dump(backup)["x"] == [(i,) for i in range(5)]
 
 
