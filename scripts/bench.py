@@ -311,6 +311,7 @@ def summarize_writer(raw):
                     "throughput": median([r[unit] for r in rs]),
                     "p50_ms": median([r["txn_latency"]["p50_ms"] for r in rs]),
                     "p99_ms": median([r["txn_latency"]["p99_ms"] for r in rs]),
+                    "cpu_us": median([r.get("cpu_us_per_row") for r in rs]),
                 }
                 for vfs, rs in arm.items()
                 if rs
@@ -339,6 +340,9 @@ def summarize_writer(raw):
                         away.get("throughput"), med["unix"]["throughput"]
                     ),
                     "elsewhere_p99_ratio": ratio(away.get("p99_ms"), med["unix"]["p99_ms"]),
+                    "cpu_ratio": ratio(med["spool"]["cpu_us"], med["unix"]["cpu_us"]),
+                    "shim_cpu_ratio": ratio(med["passthru"]["cpu_us"], med["unix"]["cpu_us"]),
+                    "elsewhere_cpu_ratio": ratio(away.get("cpu_us"), med["unix"]["cpu_us"]),
                 }
             )
     return rows
