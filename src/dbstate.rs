@@ -54,7 +54,8 @@ pub struct Progress {
     pub pages_applied: u64,
     pub batches: u64,
     /// Time this process's consumer spent on the applied batches, from reading them out of the
-    /// spool to the backup's last fsync (microseconds): what `bytes_applied` cost it.
+    /// spool (for a resync: from the start of its compare) to the backup's last fsync
+    /// (microseconds): what `bytes_applied` cost it.
     pub apply_us: u64,
     /// Pages compared and total pages of the running resync.
     pub resync_done: u64,

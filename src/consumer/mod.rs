@@ -435,8 +435,11 @@ impl Consumer {
         let records = self
             .read_batch(sealed.pos)
             .map_err(|e| format!("reading the spool: {e}"))?;
-        let Some(records) = records else {
-            return self.lost("the spool lost data published as sealed");
+        let records = match records {
+            Ok(records) => records,
+            Err(why) => {
+                return self.lost(&format!("the spool lost data published as sealed: {why}"));
+            }
         };
         let Some(first) = records.first() else {
             return Ok(Step::Idle);
@@ -466,7 +469,7 @@ impl Consumer {
         let bump = bump_needed(&records);
         // The page lists are in the write set now; a huge transaction should not hold both.
         drop(records);
-        if let Err(e) = self.apply_sized(writes, last.db_size, last.page_size, bump) {
+        if let Err(e) = self.apply_sized(writes, last.db_size, last.page_size, bump, started) {
             // Reading advanced the cursor past records that are not in the backup: go back to
             // the last applied position so the retry reads them again.
             self.cursor = Cursor {
@@ -477,8 +480,6 @@ impl Consumer {
         }
         c.publish_applied(prev);
         self.last_work = Instant::now();
-        lock(&self.state.progress).apply_us +=
-            self.last_work.duration_since(started).as_micros() as u64;
         if c.sealed().seq == prev.seq {
             c.set_behind_since(0);
         }
@@ -524,31 +525,31 @@ impl Consumer {
             wal_path.push("-wal");
             match File::open(&wal_path) {
                 Err(_) => None,
-                Ok(f) => match crate::wal::committed_after(&f, a.wal_frames)? {
-                    Some((h, committed)) => {
-                        let salts = ((h.salt1 as u64) << 32) | h.salt2 as u64;
-                        if salts != a.token && committed > 0 {
-                            Some("the WAL was restarted and written without spoolvfs".to_string())
-                        } else if committed > a.wal_frames {
-                            Some(format!(
-                                "WAL frames {}..{committed} were committed without spoolvfs",
-                                a.wal_frames
-                            ))
-                        } else {
-                            None
-                        }
+                Ok(f) => {
+                    let salts = |h: &crate::wal::WalHeader| (h.salt1 as u64) << 32 | h.salt2 as u64;
+                    match crate::wal::committed_after(&f, a.wal_frames)? {
+                        // Same generation: frames committed past our last record are foreign.
+                        Some((h, committed)) if salts(&h) == a.token => (committed > a.wal_frames)
+                            .then(|| {
+                                format!(
+                                    "WAL frames {}..{committed} were committed without spoolvfs",
+                                    a.wal_frames
+                                )
+                            }),
+                        // Another generation (a restart; ours would show in `sealed`), or frame
+                        // `wal_frames - 1` is not ours any more: only a commit in the new
+                        // generation is foreign. A restart by a transaction that then rolled back
+                        // leaves new-generation frames but no commit, and frames up to
+                        // `wal_frames` may then carry the new salts without being committed:
+                        // count from frame 0.
+                        _ => match crate::wal::committed_after(&f, 0)? {
+                            Some((h, n)) if n > 0 && salts(&h) != a.token => Some(
+                                "the WAL was restarted and written without spoolvfs".to_string(),
+                            ),
+                            _ => None,
+                        },
                     }
-                    // Frame `wal_frames - 1` is not ours any more: a restart (ours are sealed and
-                    // would show in `sealed`). Committed frames of the new generation are foreign.
-                    None => match crate::wal::committed_after(&f, 0)? {
-                        Some((h, n))
-                            if n > 0 && ((h.salt1 as u64) << 32 | h.salt2 as u64) != a.token =>
-                        {
-                            Some("the WAL was restarted and written without spoolvfs".to_string())
-                        }
-                        _ => None,
-                    },
-                },
+                }
             }
         };
         // A writer of ours may have committed while we looked: then its record will tell.
@@ -585,9 +586,9 @@ impl Consumer {
         }
     }
 
-    /// Reads the next records up to the sealed position `limit`. `Ok(None)` means the spool lost
-    /// data that was published as sealed.
-    fn read_batch(&mut self, limit: SealedPos) -> io::Result<Option<Vec<Record>>> {
+    /// Reads the next records up to the sealed position `limit`. `Ok(Err(why))` means the spool
+    /// lost data that was published as sealed.
+    fn read_batch(&mut self, limit: SealedPos) -> io::Result<Result<Vec<Record>, String>> {
         loop {
             if self.cursor.reader.is_none() {
                 let at = self.cursor.at;
@@ -599,23 +600,30 @@ impl Consumer {
                         }
                         self.cursor.reader = Some(r);
                     }
-                    Err(_) => return Ok(None),
+                    Err(e) => return Ok(Err(e.to_string())),
                 }
             }
             let Some(reader) = self.cursor.reader.as_mut() else {
-                return Ok(None);
+                return Ok(Err("no spool segment to read".into()));
             };
             let current = reader.no;
             let seg_limit = (current == limit.segment).then_some(limit.end);
             let out = reader.read_records(seg_limit, MAX_BATCH_PAGES)?;
             if !out.records.is_empty() {
-                return Ok(Some(out.records));
+                return Ok(Ok(out.records));
             }
             if current >= limit.segment {
-                if out.torn || current > limit.segment {
-                    return Ok(None);
+                if out.torn {
+                    return Ok(Err(format!(
+                        "spool segment {current} ends before its last sealed record"
+                    )));
                 }
-                return Ok(Some(Vec::new()));
+                if current > limit.segment {
+                    return Ok(Err(format!(
+                        "the stream went on to segment {current}, past the sealed tail"
+                    )));
+                }
+                return Ok(Ok(Vec::new()));
             }
             // The stream moved on to the next segment: this one is exhausted (bytes after its
             // last sealed record are an abandoned transaction).
@@ -627,12 +635,15 @@ impl Consumer {
         }
     }
 
+    /// Applies `writes` to the backup and counts them; `busy_since` is when the consumer started
+    /// on them (reading the batch, or the resync's compare), for `apply_ms`.
     fn apply_sized(
         &mut self,
         writes: WriteSet,
         size: u64,
         page_size: u32,
         bump: bool,
+        busy_since: Instant,
     ) -> Result<(), String> {
         let req = ApplyRequest {
             writes,
@@ -662,6 +673,7 @@ impl Consumer {
         p.bytes_applied += report.bytes_written;
         p.pages_applied += report.pages_written;
         p.batches += 1;
+        p.apply_us += busy_since.elapsed().as_micros() as u64;
         Ok(())
     }
 

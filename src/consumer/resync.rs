@@ -117,6 +117,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let started = Instant::now();
     // 1. P.
     let p = c.state.control.sealed();
     let replay_from = if p.seq == 0 {
@@ -316,7 +317,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         page_size = r.info.page_size;
     }
     let bump = source_is_wal || any_commit;
-    c.apply_sized(writes, final_size, page_size, bump)?;
+    c.apply_sized(writes, final_size, page_size, bump, started)?;
 
     let applied = match &last_record {
         Some(r) => applied_after(r),

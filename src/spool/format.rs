@@ -108,6 +108,11 @@ pub fn encode_segment_header(segment_no: u64, created_us: u64) -> [u8; SEGMENT_H
     h
 }
 
+/// The format version in a segment header that starts with our magic.
+pub fn segment_version(h: &[u8]) -> Option<u32> {
+    (h.len() >= SEGMENT_HEADER_LEN && &h[..8] == SEGMENT_MAGIC).then(|| get_u32(h, 8))
+}
+
 /// Decodes a segment header, returning its segment number.
 pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
     if h.len() < SEGMENT_HEADER_LEN || &h[..8] != SEGMENT_MAGIC || get_u32(h, 8) != SEGMENT_VERSION

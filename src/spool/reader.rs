@@ -63,10 +63,15 @@ impl SegmentReader {
         let mut h = [0u8; SEGMENT_HEADER_LEN];
         file.read_exact_at(&mut h, 0)?;
         if format::decode_segment_header(&h) != Some(no) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad spool segment header",
-            ));
+            let why = match format::segment_version(&h) {
+                Some(v) if v != format::SEGMENT_VERSION => format!(
+                    "spool segment {no} is in format {v}, written by another spoolvfs version \
+                     (this one reads format {})",
+                    format::SEGMENT_VERSION
+                ),
+                _ => format!("spool segment {no} has no valid header"),
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
         }
         Ok(SegmentReader {
             no,
@@ -286,6 +291,37 @@ mod tests {
             }
         }
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn tail_segment_of_another_format_is_not_appended_to() {
+        let d = dir("oldformat");
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        w.append_page(&c, 0, &[1u8; 512]).unwrap();
+        let (_, p1) = w.seal(&c, &info(1)).unwrap();
+        assert_eq!(p1.segment, 1);
+        // The tail segment now carries a header this version does not read (as a spool left by
+        // an older version does); a new writer (a new process) must not append there.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment_path(&d, 1))
+            .unwrap();
+        let mut header = format::encode_segment_header(1, 0);
+        header[8] ^= 0xff;
+        f.write_all_at(&header, 0).unwrap();
+        assert!(SegmentReader::open(&d, 1).is_err());
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        w.append_page(&c, 0, &[2u8; 512]).unwrap();
+        let (_, p2) = w.seal(&c, &info(1)).unwrap();
+        assert_eq!(p2.segment, 2, "the stream moved on to a new segment");
+        let mut r = SegmentReader::open(&d, 2).unwrap();
+        let out = r.read_records(Some(p2.end), usize::MAX).unwrap();
+        assert_eq!(out.records.len(), 1);
+        assert!(!out.torn);
+        // The same writer keeps appending to its (current-format) segment.
+        w.append_page(&c, 0, &[3u8; 512]).unwrap();
+        assert_eq!(w.seal(&c, &info(1)).unwrap().1.segment, 2);
     }
 
     #[test]

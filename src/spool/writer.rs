@@ -330,15 +330,15 @@ impl SpoolWriter {
         }
         let tail = control.sealed().pos;
         let capacity = self.capacity();
-        let (segment, start) = if tail.segment == 0 || tail.end >= self.rotate_at {
-            // Rotation happens only between transactions: no transaction spans two segments.
+        // Rotation happens only between transactions: no transaction spans two segments.
+        let rotate = tail.segment == 0
+            || tail.end >= self.rotate_at
+            || !self.open_tail(tail.segment, capacity)?;
+        let (segment, start) = if rotate {
             let next = tail.segment + 1;
             self.seg = Some(OpenSegment::open(&self.dir, next, true, capacity)?);
             (next, SEGMENT_HEADER_LEN as u64)
         } else {
-            if self.seg.as_ref().is_none_or(|s| s.no != tail.segment) {
-                self.seg = Some(OpenSegment::open(&self.dir, tail.segment, false, capacity)?);
-            }
             (tail.segment, tail.end)
         };
         if let Some(seg) = self.seg.as_mut() {
@@ -351,6 +351,25 @@ impl SpoolWriter {
             pages: 0,
         });
         Ok(())
+    }
+
+    /// Makes segment `no`, the stream's tail, the open segment. False if its header is not this
+    /// version's format (a spool written before an upgrade): appending there would leave every
+    /// later record in a segment the reader rejects, one resync after another until rotation. The
+    /// stream moves on to a new segment instead, and the consumer resyncs once for the tail it
+    /// cannot read.
+    fn open_tail(&mut self, no: u64, capacity: u64) -> io::Result<bool> {
+        if self.seg.as_ref().is_some_and(|s| s.no == no) {
+            return Ok(true);
+        }
+        let seg = OpenSegment::open(&self.dir, no, false, capacity)?;
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let current = seg.file.read_exact_at(&mut header, 0).is_ok()
+            && format::decode_segment_header(&header) == Some(no);
+        if current {
+            self.seg = Some(seg);
+        }
+        Ok(current)
     }
 
     /// Appends `parts` (written back to back) to the open transaction.

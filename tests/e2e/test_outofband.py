@@ -94,6 +94,44 @@ def test_write_without_spoolvfs_is_detected_while_idle(
     )
 
 
+def test_rolled_back_wal_restart_is_not_a_foreign_write(connections, tmp_path, repro):
+    """A transaction of ours restarts the WAL (it is fully checkpointed), spills more frames than
+    the last commit had, and rolls back. The idle source check then finds new-generation frames
+    where our last record ended but no commit among them: nothing was written without spoolvfs,
+    so there must be no loss and no resync. (It used to read those uncommitted frames as a
+    foreign restart.)"""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode="wal", cache_size=10)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    with con:
+        con.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)"
+            " INSERT INTO t(v) SELECT randomblob(3000) FROM n"
+        )
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 after the load [{repro}]"
+    busy, log, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and log == done, (
+        f"setup: expected a complete checkpoint, got busy={busy} log={log} checkpointed={done}"
+    )
+    before = sh.spool_status(con)
+    con.execute("BEGIN")
+    con.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)"
+        " INSERT INTO t(v) SELECT randomblob(3000) FROM n"
+    )
+    wal_frames = (db.parent / f"{db.name}-wal").stat().st_size // (4096 + 24)
+    assert wal_frames > log, (
+        f"setup: the rolled-back transaction must spill more frames ({wal_frames}) than the "
+        f"last commit had ({log})"
+    )
+    con.execute("ROLLBACK")
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 [{repro}]"
+    after = sh.spool_status(con)
+    assert after["last_error"] is None, f"expected no loss, got {after['last_error']!r} [{repro}]"
+    assert after["resyncs"] == before["resyncs"], f"expected no resync: {before} -> {after}"
+    sh.assert_backup_converged(con, db, backup, repro)
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_deleted_backup_is_recreated(connections, tmp_path, rng, repro, journal):
     """The backup file is deleted while A runs; after A's next writes, spool_sync(30000) = 1 and

@@ -121,6 +121,44 @@ def test_garbage_in_a_segment(
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_spool_of_another_format_version(connections, tmp_path, rng, repro, journal):
+    """A spool left by another spoolvfs version (its segments carry another format number): the
+    next open resyncs ONCE, says why in last_error, and later commits reach the backup without
+    further errors. Appending into the old tail segment would make every later record unreadable
+    too: one resync per batch until the segment rotated."""
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode=journal, cache_size=20)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    write_some(con, rng, 30)
+    assert sh.spool_sync(con, 30000) == 1, f"setup: spool_sync = 1 [{ctx}]"
+    spool = Path(sh.spool_status(con)["spool"])
+    con.close()
+    segs = segments(spool)
+    assert segs, f"setup: expected segments in {spool} [{ctx}]"
+    for seg in segs:  # bytes 8..12 of a segment header: its format version (little-endian)
+        with open(seg, "r+b") as f:
+            f.seek(8)
+            f.write((1).to_bytes(4, "little"))
+    con = connections(db, backup, journal_mode=journal, cache_size=20)
+    write_some(con, rng, 10)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 after reopening [{ctx}]"
+    first = sh.spool_status(con)
+    assert "format 1" in (first["last_error"] or ""), (
+        f"expected last_error to name the other format, got {first['last_error']!r} [{ctx}]"
+    )
+    for _ in range(5):
+        write_some(con, rng, 10)
+        assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 [{ctx}]"
+    later = sh.spool_status(con)
+    assert (later["errors"], later["resyncs"]) == (first["errors"], first["resyncs"]), (
+        f"expected no further losses or resyncs once the stream moved to a new segment: "
+        f"{first} -> {later} [{ctx}]"
+    )
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_spool_deleted_then_another_process_opens(procs, child_env, tmp_path, rng, repro, journal):
     """After `rm -rf` of the spool under process A, process B opens the database (it finds no
     spool, so it creates one) and both commit money transfers. Required, as everywhere: the
