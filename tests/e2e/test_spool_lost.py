@@ -32,16 +32,23 @@ def segments(spool: Path) -> list[Path]:
     return sorted(spool.glob("*.seg"), key=lambda p: (len(p.name), p.name))
 
 
+def open_with_rows(connections, tmp_path, rng, journal: str, n: int):
+    """A spool connection to a new app.db (small cache, so transactions spill) with table t and
+    `n` write rounds committed; returns (db, backup, connection)."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode=journal, cache_size=20)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    write_some(con, rng, n)
+    return db, backup, con
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_spool_directory_deleted_while_open(connections, tmp_path, rng, repro, journal):
     """`rm -rf` of the whole spool directory while a spool connection is open; the application
     keeps committing (every transaction succeeds); spool_sync(30000) = 1 and the backup equals
     the source."""
     ctx = f"{journal}; {repro}"
-    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
-    con = connections(db, backup, journal_mode=journal, cache_size=20)
-    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
-    write_some(con, rng, 60)
+    db, backup, con = open_with_rows(connections, tmp_path, rng, journal, 60)
     assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the deletion [{ctx}]"
     spool = Path(sh.spool_status(con)["spool"])
     assert spool.is_dir(), f"setup: spool directory {spool} exists [{ctx}]"
@@ -127,10 +134,7 @@ def test_spool_of_another_format_version(connections, tmp_path, rng, repro, jour
     further errors. Appending into the old tail segment would make every later record unreadable
     too: one resync per batch until the segment rotated."""
     ctx = f"{journal}; {repro}"
-    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
-    con = connections(db, backup, journal_mode=journal, cache_size=20)
-    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
-    write_some(con, rng, 30)
+    db, backup, con = open_with_rows(connections, tmp_path, rng, journal, 30)
     assert sh.spool_sync(con, 30000) == 1, f"setup: spool_sync = 1 [{ctx}]"
     spool = Path(sh.spool_status(con)["spool"])
     con.close()
