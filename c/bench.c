@@ -543,12 +543,16 @@ static int cmd_writer(int argc, char **argv) {
   ** time it leaves out waiting (fsync, a descheduled vCPU), so it shows what the extension adds to
   ** the application's thread with far less run-to-run noise. */
   struct timespec c0, c1;
+  /* spool: the consumer thread's CPU over the same span (the other core's share it takes). */
+  long ctid = spool ? consumer_tid() : 0;
+  double ccpu0 = thread_cpu_s(ctid);
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
   int64_t t0 = now_ns();
   for (long i = 0; i < txns; i++) lat[i] = write_txn(&w, &next_id, rows, ROW_BYTES, &clat[i]);
   double secs = (double)(now_ns() - t0) / SEC;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
   double cpu_s = (double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) / SEC;
+  double consumer_cpu_s = ctid ? thread_cpu_s(ctid) - ccpu0 : NAN;
   json_open(NULL);
   json_str("vfs", vfs);
   json_str("journal", journal);
@@ -561,6 +565,7 @@ static int cmd_writer(int argc, char **argv) {
   json_num("rows_per_s", (double)(txns * rows) / secs);
   json_num("writer_cpu_s", cpu_s);
   json_num("cpu_us_per_row", cpu_s * 1e6 / (double)(txns * rows));
+  json_num("consumer_cpu_share", consumer_cpu_s / secs);
   json_latency("txn_latency", lat, txns);
   json_latency("commit_latency", clat, txns);
   if (spool && bulk) measure_consumer(&w, &next_id, n);

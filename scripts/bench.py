@@ -140,7 +140,8 @@ class Bench:
         self.exe, self.work = exe, Path(work)
         self.env = dict(os.environ, SPOOLVFS_LIB=str(Path(lib).resolve()))
 
-    def run(self, *args, timeout=3600, env=None):
+    def run(self, *args, timeout=3600, env=None, cpu=None):
+        """`cpu`: pin the process to that CPU."""
         out = subprocess.run(
             [self.exe, *map(str, args)],
             env=dict(self.env, **(env or {})),
@@ -148,6 +149,7 @@ class Bench:
             stdout=subprocess.PIPE,
             timeout=timeout,
             check=True,
+            preexec_fn=None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu})),
         ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
@@ -222,6 +224,52 @@ def bench_disk(b, cfg):
     """Sequential write bandwidth and fsync latency of the disk holding the benchmark files: the
     ceiling for every other number (a synchronous=FULL commit cannot beat its fsyncs)."""
     return b.run("disk", b.fresh("disk"), cfg.disk_mb, cfg.disk_fsyncs)
+
+
+def bench_corunner(b, cfg):
+    """What any work on the other core costs a writer on this machine: the plain writer (small WAL
+    NORMAL transactions, pinned to one CPU) alone and with a process busy-looping on another CPU,
+    interleaved. A busy loop shares nothing with the writer but the hardware (on a VM, possibly a
+    hyperthread sibling): its ratio is the price of a background thread's every busy cycle, which
+    spool's consumer pays on the writer's behalf (its CPU share is in the writer table)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        cfg.notes.append("co-runner test skipped: fewer than 2 CPUs available")
+        return None
+    mine, other = cpus[0], cpus[1]
+    raw = []
+    for _ in range(cfg.reps):
+        for arm in ("alone", "busy"):
+            spinner = None
+            if arm == "busy":
+                spinner = subprocess.Popen(
+                    [sys.executable, "-c", "while True: pass"],
+                    preexec_fn=lambda: os.sched_setaffinity(0, {other}),
+                )
+            try:
+                r = b.run(
+                    "writer", "unix", "wal", "normal", "small", cfg.small_txns_wal,
+                    cfg.small_warmup, b.fresh("corunner") / "db", cpu=mine,
+                )
+            finally:
+                if spinner:
+                    spinner.kill()
+                    spinner.wait()
+            raw.append(dict(r, arm=arm))
+    med = {
+        arm: {
+            "throughput": median([r["txn_per_s"] for r in raw if r["arm"] == arm]),
+            "cpu_us": median([r["cpu_us_per_row"] for r in raw if r["arm"] == arm]),
+        }
+        for arm in ("alone", "busy")
+    }
+    return {
+        "raw": raw,
+        "alone": med["alone"],
+        "busy": med["busy"],
+        "throughput_ratio": ratio(med["busy"]["throughput"], med["alone"]["throughput"]),
+        "cpu_ratio": ratio(med["busy"]["cpu_us"], med["alone"]["cpu_us"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,6 +360,7 @@ def summarize_writer(raw):
                     "p50_ms": median([r["txn_latency"]["p50_ms"] for r in rs]),
                     "p99_ms": median([r["txn_latency"]["p99_ms"] for r in rs]),
                     "cpu_us": median([r.get("cpu_us_per_row") for r in rs]),
+                    "consumer_cpu_share": median([r.get("consumer_cpu_share") for r in rs]),
                 }
                 for vfs, rs in arm.items()
                 if rs
@@ -832,6 +881,7 @@ def main():
     }
     overall = LoadMeter()
     section(results, "disk", bench_disk, b, cfg)
+    section(results, "corunner", bench_corunner, b, cfg)
     section(results, "writer", bench_writer, b, cfg)
     section(results, "instructions", bench_instructions, b, cfg)
     results["consumer"] = summarize_consumer(results["writer"])

@@ -217,6 +217,40 @@ def machine_limits(r):
                 f"{fmt(d['fsync']['p99_ms'])} ms",
             ]
         ],
+    ) + corunner(r)
+
+
+def corunner(r):
+    """What a busy second core costs the writer on this machine (section 7, co-runner)."""
+    c = r.get("corunner")
+    if not c:
+        return ""
+    return (
+        "\nCo-runner: the plain writer (small WAL NORMAL transactions, pinned to one CPU) alone and "
+        "with a process busy-looping on another CPU, interleaved medians. The loop shares nothing "
+        "with the writer but the hardware, so its ratio is what any background work costs a "
+        "writer here per busy cycle; spool's consumer is such work (its share of a core is in "
+        "the CPU table of section 1).\n\n"
+        + table(
+            [
+                "writer alone txn/s",
+                "other CPU busy txn/s",
+                "throughput ratio",
+                "CPU µs/txn alone",
+                "CPU µs/txn other busy",
+                "CPU ratio",
+            ],
+            [
+                [
+                    c["alone"]["throughput"],
+                    c["busy"]["throughput"],
+                    c["throughput_ratio"],
+                    c["alone"]["cpu_us"],
+                    c["busy"]["cpu_us"],
+                    c["cpu_ratio"],
+                ]
+            ],
+        )
     )
 
 
@@ -296,6 +330,7 @@ def writer_cpu(r):
             x.get("shim_cpu_ratio"),
             x.get("cpu_ratio"),
             x.get("elsewhere_cpu_ratio"),
+            pct(x["spool"].get("consumer_cpu_share")),
         ]
         for x in w
     ]
@@ -316,10 +351,15 @@ def writer_cpu(r):
                 "shim ratio",
                 "spool ratio",
                 "backup elsewhere ratio",
+                "consumer CPU % of a core (spool)",
             ],
             rows,
         )
     )
+
+
+def pct(share):
+    return None if share is None else share * 100
 
 
 def instructions(r):
