@@ -720,9 +720,7 @@ impl Capture {
             return Outcome::default();
         };
         let page_size = self.wal_header.map_or(0, |h| h.page_size);
-        let salts = self
-            .wal_header
-            .map_or(0, |h| ((h.salt1 as u64) << 32) | h.salt2 as u64);
+        let salts = self.wal_header.map_or(0, |h| h.salts());
         let first = self.wal.first_slot.unwrap_or(commit_slot);
         let reread = std::mem::take(&mut self.wal.reread);
         if reread {

@@ -38,6 +38,11 @@ pub struct WalHeader {
 }
 
 impl WalHeader {
+    /// Salt-1 and salt-2 as one number: the generation of the WAL, the `token` of a WAL record.
+    pub fn salts(&self) -> u64 {
+        (self.salt1 as u64) << 32 | self.salt2 as u64
+    }
+
     /// Decodes and validates a 32-byte header (magic, version, page size, checksum).
     pub fn parse(b: &[u8]) -> Option<WalHeader> {
         if b.len() < WAL_HEADER_LEN as usize {

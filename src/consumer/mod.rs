@@ -526,10 +526,9 @@ impl Consumer {
             match File::open(&wal_path) {
                 Err(_) => None,
                 Ok(f) => {
-                    let salts = |h: &crate::wal::WalHeader| (h.salt1 as u64) << 32 | h.salt2 as u64;
                     match crate::wal::committed_after(&f, a.wal_frames)? {
                         // Same generation: frames committed past our last record are foreign.
-                        Some((h, committed)) if salts(&h) == a.token => (committed > a.wal_frames)
+                        Some((h, committed)) if h.salts() == a.token => (committed > a.wal_frames)
                             .then(|| {
                                 format!(
                                     "WAL frames {}..{committed} were committed without spoolvfs",
@@ -543,7 +542,7 @@ impl Consumer {
                         // `wal_frames` may then carry the new salts without being committed:
                         // count from frame 0.
                         _ => match crate::wal::committed_after(&f, 0)? {
-                            Some((h, n)) if n > 0 && salts(&h) != a.token => Some(
+                            Some((h, n)) if n > 0 && h.salts() != a.token => Some(
                                 "the WAL was restarted and written without spoolvfs".to_string(),
                             ),
                             _ => None,

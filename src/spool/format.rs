@@ -115,11 +115,7 @@ pub fn segment_version(h: &[u8]) -> Option<u32> {
 
 /// Decodes a segment header, returning its segment number.
 pub fn decode_segment_header(h: &[u8]) -> Option<u64> {
-    if h.len() < SEGMENT_HEADER_LEN || &h[..8] != SEGMENT_MAGIC || get_u32(h, 8) != SEGMENT_VERSION
-    {
-        return None;
-    }
-    Some(get_u64(h, 16))
+    (segment_version(h) == Some(SEGMENT_VERSION)).then(|| get_u64(h, 16))
 }
 
 /// CRC-32C (Castagnoli) of an entry: its first 16 header bytes, then the `covered` part of its

@@ -79,7 +79,9 @@ struct OpenSegment {
 
 impl OpenSegment {
     /// Opens segment `no` (creating it with its header when `create`) and maps its first
-    /// `capacity` bytes if they can be reserved.
+    /// `capacity` bytes if they can be reserved. An existing segment whose header is not segment
+    /// `no` in this version's format (a spool left by another version) is an `InvalidData`
+    /// error, found before anything is reserved or mapped.
     fn open(
         dir: &std::path::Path,
         no: u64,
@@ -93,6 +95,17 @@ impl OpenSegment {
             .create(create)
             .truncate(false)
             .open(segment_path(dir, no))?;
+        if !create {
+            let mut header = [0u8; SEGMENT_HEADER_LEN];
+            let ours = file.read_exact_at(&mut header, 0).is_ok()
+                && format::decode_segment_header(&header) == Some(no);
+            if !ours {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("spool segment {no} is not in this version's format"),
+                ));
+            }
+        }
         let map = if reserve(&file, capacity) {
             memmap2::MmapOptions::new()
                 .len(capacity as usize)
@@ -362,14 +375,14 @@ impl SpoolWriter {
         if self.seg.as_ref().is_some_and(|s| s.no == no) {
             return Ok(true);
         }
-        let seg = OpenSegment::open(&self.dir, no, false, capacity)?;
-        let mut header = [0u8; SEGMENT_HEADER_LEN];
-        let current = seg.file.read_exact_at(&mut header, 0).is_ok()
-            && format::decode_segment_header(&header) == Some(no);
-        if current {
-            self.seg = Some(seg);
+        match OpenSegment::open(&self.dir, no, false, capacity) {
+            Ok(seg) => {
+                self.seg = Some(seg);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(current)
     }
 
     /// Appends `parts` (written back to back) to the open transaction.
