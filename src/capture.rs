@@ -50,6 +50,7 @@ use crate::spool::format::{self, CommitInfo, RecordKind, SourceMode};
 use crate::spool::writer::{SealedPos, SpoolWriter};
 use crate::util::now_us;
 use crate::wal::{self, FrameHeader, WalHeader, WalRegion};
+use crate::walend::Ending;
 
 /// A record that was just sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,11 +524,17 @@ impl Capture {
             return out;
         }
         // The header can only have changed under us if the WAL restarted (the transaction starts
-        // at frame 0), another process sealed since our last record, or we never saw it.
-        let maybe_stale = self.wal_header.is_none()
-            || offset == wal::WAL_HEADER_LEN
-            || self.control.sealed().seq != self.my_last_seq;
-        if offset != 0 && self.wal.first_slot.is_none() && maybe_stale {
+        // at frame 0), another process sealed since our last record, or we never saw it; or a
+        // process without spoolvfs restarted it, and then the first frame's salts tell.
+        let maybe_stale = |c: &Self| {
+            c.wal_header.is_none()
+                || offset == wal::WAL_HEADER_LEN
+                || c.control.sealed().seq != c.my_last_seq
+                || (data.len() as u64 == wal::WAL_FRAME_HEADER_LEN
+                    && c.wal_header
+                        .is_some_and(|h| wal::frame_salts(data) != h.salts()))
+        };
+        if offset != 0 && self.wal.first_slot.is_none() && maybe_stale(self) {
             let fresh = current_header().and_then(|h| WalHeader::parse(&h));
             if fresh.is_some() && fresh != self.wal_header {
                 self.wal_header = fresh;
@@ -667,6 +674,12 @@ impl Capture {
             salts,
             cksum: fh.cksum,
         });
+    }
+
+    /// A writer of ours is about to end the WAL's generation (restart, truncation, deletion):
+    /// the loss to report if the spool lacks any of its commits (see `crate::walend`).
+    pub fn check_wal_ending(&self, on_disk: Option<WalHeader>, how: Ending) -> Option<String> {
+        crate::walend::check(&self.control, &self.wal_path, on_disk, how)
     }
 
     /// The WAL file was truncated (checkpoint TRUNCATE, journal_size_limit).
@@ -1073,7 +1086,7 @@ mod tests {
             .publish_sealed(crate::spool::control::SealedState {
                 seq: other,
                 pos: SealedPos::default(),
-                sealed_us: 0,
+                ..Default::default()
             });
         let new = build_wal(1024, &[(1, 1, 1), (2, 2, 2)], (5, 6));
         let mut hdr = [0u8; 32];

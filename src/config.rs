@@ -58,6 +58,11 @@ fn resolve(p: &Path) -> PathBuf {
     }
 }
 
+/// The form of a database path that `Config::db` holds: absolute, with symbolic links resolved.
+pub fn db_key(p: &Path) -> PathBuf {
+    resolve(&absolute(p))
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -84,7 +89,7 @@ impl Config {
                 ));
             }
         }
-        let db = resolve(&absolute(db));
+        let db = db_key(db);
         let with_suffix = |s: &str| {
             let mut os = db.clone().into_os_string();
             os.push(s);

@@ -288,6 +288,12 @@ pub mod registry {
         Ok(state)
     }
 
+    /// The state of database `db` (as `Config::db` holds it), if this process has it open.
+    pub fn find(db: &std::path::Path) -> Option<Arc<DbState>> {
+        let reg = lock(&REGISTRY);
+        reg.as_ref()?.get(db).map(|(state, _)| state.clone())
+    }
+
     /// Drops one reference; the last one drains and stops the consumer (bounded wait).
     pub fn release(state: &Arc<DbState>) {
         let last = {

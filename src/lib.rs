@@ -21,3 +21,4 @@ pub mod spool;
 pub mod status;
 pub mod util;
 pub mod wal;
+pub mod walend;

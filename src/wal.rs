@@ -37,6 +37,14 @@ pub struct WalHeader {
     pub cksum: (u32, u32),
 }
 
+/// Salt-1 and salt-2 of a frame header (`data` holds at least its first 16 bytes), in the form
+/// of `WalHeader::salts`.
+pub fn frame_salts(data: &[u8]) -> u64 {
+    u64::from_be_bytes([
+        data[8], data[9], data[10], data[11], data[12], data[13], data[14], data[15],
+    ])
+}
+
 impl WalHeader {
     /// Salt-1 and salt-2 as one number: the generation of the WAL, the `token` of a WAL record.
     pub fn salts(&self) -> u64 {
@@ -187,6 +195,18 @@ pub fn committed_after(file: &File, after: u64) -> io::Result<Option<(WalHeader,
     let Some(header) = WalHeader::parse(&hdr) else {
         return Ok(None);
     };
+    Ok(committed_in_generation(file, &header, after)?.map(|n| (header, n)))
+}
+
+/// `committed_after` for the generation that `header` describes, whether or not it is still the
+/// header at offset 0: a restart overwrites only the header, and until new frames are written
+/// the old generation's frames are intact behind it.
+pub fn committed_in_generation(
+    file: &File,
+    header: &WalHeader,
+    after: u64,
+) -> io::Result<Option<u64>> {
+    let len = file.metadata()?.len();
     let mut cksum = header.cksum;
     if after > 0 {
         let at = frame_offset(header.page_size, after - 1);
@@ -200,8 +220,8 @@ pub fn committed_after(file: &File, after: u64) -> io::Result<Option<(WalHeader,
             _ => return Ok(None),
         }
     }
-    let committed = scan_frames(file, &header, len, after, cksum, &mut |_, _| {})?;
-    Ok(Some((header, committed.0.max(after))))
+    let committed = scan_frames(file, header, len, after, cksum, &mut |_, _| {})?;
+    Ok(Some(committed.0.max(after)))
 }
 
 /// Validates frames from `first` on (seeded with `cksum`), calling `on_commit(pgno, data_at)` for

@@ -36,7 +36,7 @@ use crate::backup::writeset::{Source, WriteSet};
 use crate::config::Config;
 use crate::dbstate::{DbState, Phase, lock};
 use crate::spool::control::{AppliedState, Control};
-use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
+use crate::spool::format::{RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
 use crate::spool::{list_segments, segment_path};
@@ -699,10 +699,6 @@ fn lower_priority() {
     }
 }
 
-fn mode_kind(info: &CommitInfo) -> u64 {
-    ((info.mode as u64) << 8) | info.kind as u64
-}
-
 /// The applied state after record `r`.
 fn applied_after(r: &Record) -> AppliedState {
     AppliedState {
@@ -713,7 +709,7 @@ fn applied_after(r: &Record) -> AppliedState {
         },
         sealed_us: r.info.sealed_us,
         token: r.info.token,
-        mode_kind: mode_kind(&r.info),
+        mode_kind: r.info.mode_kind(),
         wal_frames: r.info.wal_frames,
     }
 }
@@ -721,7 +717,8 @@ fn applied_after(r: &Record) -> AppliedState {
 /// Checks that record `r` directly follows the applied state `prev`: the next sequence number,
 /// and a source state that continues the previous one. Rollback mode: the change counter moves by
 /// at most one per transaction (it stays put in exclusive locking mode). WAL mode, same WAL
-/// generation (salts): the transaction's first frame follows the previous commit frame.
+/// generation (salts): the transaction's first frame follows the previous commit frame; another
+/// generation: it is frame 0.
 fn chain_check(prev: &AppliedState, r: &Record) -> Result<(), String> {
     if prev.seq != 0 && r.seq != prev.seq + 1 {
         return Err(format!(
@@ -747,6 +744,15 @@ fn chain_check(prev: &AppliedState, r: &Record) -> Result<(), String> {
                 return Err(format!(
                     "WAL frames {}..{} were written without spoolvfs",
                     prev.wal_frames, r.info.wal_first_frame
+                ));
+            }
+            // A new generation: the restart, and so its first frames, were ours only if our
+            // transaction starts at frame 0. (Whether the old generation ended where our last
+            // record did is checked by the writer that ends it: `crate::walend`.)
+            if prev.token != r.info.token && r.info.wal_first_frame != 0 {
+                return Err(format!(
+                    "the WAL was restarted and frames 0..{} were written without spoolvfs",
+                    r.info.wal_first_frame
                 ));
             }
         }
@@ -782,6 +788,7 @@ fn bump_needed(records: &[Record]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::format::CommitInfo;
 
     fn rec(seq: u64, mode: SourceMode, token: u64, first: u64, frames: u64) -> Record {
         Record {
@@ -814,8 +821,9 @@ mod tests {
         let w = applied_after(&rec(5, SourceMode::Wal, 77, 0, 4));
         assert!(chain_check(&w, &rec(6, SourceMode::Wal, 77, 4, 6)).is_ok());
         assert!(chain_check(&w, &rec(6, SourceMode::Wal, 77, 5, 6)).is_err());
-        // A new WAL generation (restart) cannot be checked frame by frame.
+        // A new WAL generation (restart) starts at frame 0; frames before ours are foreign.
         assert!(chain_check(&w, &rec(6, SourceMode::Wal, 78, 0, 2)).is_ok());
+        assert!(chain_check(&w, &rec(6, SourceMode::Wal, 78, 3, 5)).is_err());
         // Mode switches are not checked.
         assert!(chain_check(&w, &rec(6, SourceMode::Rollback, 99, 0, 0)).is_ok());
     }

@@ -35,6 +35,8 @@ use super::{api, c_str, guard, guard_or_else, sqlite_string};
 use crate::capture::{Capture, ConnId, Outcome};
 use crate::config::Config;
 use crate::dbstate::{DbState, lock, registry};
+use crate::wal::WalHeader;
+use crate::walend::Ending;
 
 /// What a file is to us.
 #[repr(u32)]
@@ -330,6 +332,50 @@ unsafe fn read_real(f: *mut sqlite3_file, buf: &mut [u8], off: i64) -> c_int {
     }
 }
 
+/// The valid WAL header at offset 0 of the WAL wrapper `f`'s real file, if it has one.
+///
+/// # Safety
+/// `f` is an opened WAL wrapper.
+unsafe fn wal_header_on_disk(f: *mut sqlite3_file) -> Option<WalHeader> {
+    let mut h = [0u8; crate::wal::WAL_HEADER_LEN as usize];
+    // SAFETY: `f` is an opened WAL wrapper, so its real file is open.
+    let rc = unsafe { read_real(real(f), &mut h, 0) };
+    if rc == SQLITE_OK {
+        WalHeader::parse(&h)
+    } else {
+        None
+    }
+}
+
+/// SQLite is about to write `new` as the WAL header. A header with other salts than the one on
+/// disk starts a generation and so ends the previous one, which is checked first.
+///
+/// # Safety
+/// `f` is an opened WAL wrapper.
+unsafe fn before_wal_header_write(f: *mut sqlite3_file, new: &[u8]) {
+    // SAFETY: as required.
+    let on_disk = unsafe { wal_header_on_disk(f) };
+    let new = WalHeader::parse(new).map(|h| h.salts());
+    if on_disk.is_some() && on_disk.map(|h| h.salts()) == new {
+        // The same generation's header written again (after a rolled-back restart).
+        return;
+    }
+    // SAFETY: as required.
+    check_wal_ending(unsafe { state_of(f) }, on_disk, Ending::Restart);
+}
+
+/// Before a writer of ours ends a WAL generation: reports a loss if the spool lacks any of its
+/// commits (`crate::walend`). Runs once per generation, never on the commit path.
+pub(super) fn check_wal_ending(state: &DbState, on_disk: Option<WalHeader>, how: Ending) {
+    let lost = guard_or_else(
+        || Some(CAPTURE_PANIC.to_owned()),
+        || lock(&state.capture).check_wal_ending(on_disk, how),
+    );
+    if let Some(msg) = lost {
+        state.report_lost(msg);
+    }
+}
+
 /// Finds or creates the state of the main database being opened.
 ///
 /// # Safety
@@ -414,6 +460,15 @@ unsafe extern "C" fn x_write(
     off: sqlite3_int64,
 ) -> c_int {
     guard(SQLITE_IOERR_WRITE, || {
+        // A WAL header write may start a new generation: check the one it ends, before it goes.
+        let header_write = off == 0 && amt as u64 == crate::wal::WAL_HEADER_LEN;
+        // SAFETY: opened wrapper.
+        if header_write && unsafe { role_of(f) } == Role::Wal {
+            // SAFETY: SQLite's buffer holds `amt` readable bytes for the duration of the call.
+            let new = unsafe { std::slice::from_raw_parts(buf as *const u8, amt as usize) };
+            // SAFETY: `f` is an opened WAL wrapper.
+            unsafe { before_wal_header_write(f, new) };
+        }
         let rc = call!(f, xWrite, SQLITE_IOERR_WRITE, buf, amt, off);
         if rc == SQLITE_OK && amt > 0 && off >= 0 {
             // SAFETY: SQLite's buffer holds `amt` readable bytes for the duration of the call.
@@ -455,6 +510,14 @@ unsafe extern "C" fn x_write(
 
 unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_int {
     guard(SQLITE_IOERR_TRUNCATE, || {
+        // SAFETY: opened wrapper.
+        if size < crate::wal::WAL_HEADER_LEN as i64 && unsafe { role_of(f) } == Role::Wal {
+            // Checkpoint TRUNCATE (or a size limit at close) is about to empty the WAL.
+            // SAFETY: opened WAL wrapper.
+            let on_disk = unsafe { wal_header_on_disk(f) };
+            // SAFETY: opened wrapper.
+            check_wal_ending(unsafe { state_of(f) }, on_disk, Ending::Truncate);
+        }
         let rc = call!(f, xTruncate, SQLITE_IOERR_TRUNCATE, size);
         // SAFETY: opened wrapper.
         let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };

@@ -6,6 +6,8 @@
 //! its `pNext`); the underlying VFS is resolved once, by name, so a second load never wraps `spool`.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libsqlite3_sys::{
@@ -138,8 +140,33 @@ unsafe extern "C" fn x_delete(
     sync_dir: c_int,
 ) -> c_int {
     guard(SQLITE_ERROR, || {
+        if !name.is_null() {
+            // SAFETY: SQLite passes a NUL-terminated filename, valid for the call.
+            before_delete(unsafe { std::ffi::CStr::from_ptr(name) });
+        }
         forward!(xDelete, SQLITE_ERROR, name, sync_dir)
     })
+}
+
+/// A WAL of a database open through spool is about to be deleted (the last connection closes,
+/// or the journal mode leaves WAL): its generation ends, so it is checked first. Every other
+/// deletion (rollback journals, once per commit in DELETE mode) costs a suffix comparison.
+fn before_delete(name: &std::ffi::CStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(db) = name.to_bytes().strip_suffix(b"-wal") else {
+        return;
+    };
+    let db = crate::config::db_key(Path::new(std::ffi::OsStr::from_bytes(db)));
+    let Some(state) = crate::dbstate::registry::find(&db) else {
+        return;
+    };
+    let path = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    let on_disk = std::fs::File::open(path).ok().and_then(|f| {
+        let mut h = [0u8; crate::wal::WAL_HEADER_LEN as usize];
+        f.read_exact_at(&mut h, 0).ok()?;
+        crate::wal::WalHeader::parse(&h)
+    });
+    io::check_wal_ending(&state, on_disk, crate::walend::Ending::Delete);
 }
 
 unsafe extern "C" fn x_access(

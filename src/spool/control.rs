@@ -26,6 +26,11 @@
 //! 160  consumer_beat_us      active consumer                 heartbeat
 //! 168  behind_since_us       writer / consumer               seal time of the oldest unapplied
 //! 176  moved                 active consumer                 1: the spool was recreated, follow
+//! 184  sealed_token          writer holding the db lock      source token of the last sealed
+//! 192  sealed_mode_kind      "                               mode << 8 | kind (0: unknown)
+//! 200  sealed_wal_frames     "                               (in the seal_lock seqlock)
+//! 208  wal_verified          writer ending a WAL generation  token of the last generation
+//!                                                            checked complete when it ended
 //! 256  pids[64]              each process                    processes that have the db open
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
 //! ```
@@ -68,6 +73,10 @@ const CONSUMER_PID: usize = 152;
 const CONSUMER_BEAT: usize = 160;
 const BEHIND_SINCE: usize = 168;
 const MOVED: usize = 176;
+const SEALED_TOKEN: usize = 184;
+const SEALED_MODE_KIND: usize = 192;
+const SEALED_WAL_FRAMES: usize = 200;
+const WAL_VERIFIED: usize = 208;
 const PIDS: usize = 256;
 const MAX_PIDS: usize = 64;
 const ERROR_LEN: usize = 1024;
@@ -80,6 +89,11 @@ pub struct SealedState {
     pub seq: u64,
     pub pos: SealedPos,
     pub sealed_us: u64,
+    /// Chain data of the last sealed record, as in `AppliedState` (zero: not known, e.g. a
+    /// control file written by an older version).
+    pub token: u64,
+    pub mode_kind: u64,
+    pub wal_frames: u64,
 }
 
 /// The consumer's progress, as published.
@@ -266,6 +280,9 @@ impl Control {
             self.store(SEALED_SEGMENT, s.pos.segment);
             self.store(SEALED_END, s.pos.end);
             self.store(SEALED_US, s.sealed_us);
+            self.store(SEALED_TOKEN, s.token);
+            self.store(SEALED_MODE_KIND, s.mode_kind);
+            self.store(SEALED_WAL_FRAMES, s.wal_frames);
         });
     }
 
@@ -278,7 +295,20 @@ impl Control {
                 end: self.load(SEALED_END),
             },
             sealed_us: self.load(SEALED_US),
+            token: self.load(SEALED_TOKEN),
+            mode_kind: self.load(SEALED_MODE_KIND),
+            wal_frames: self.load(SEALED_WAL_FRAMES),
         })
+    }
+
+    /// The token (salts) of the last WAL generation that a writer of ours checked, as it ended,
+    /// for commits missing from the spool (see `crate::walend`).
+    pub fn wal_verified(&self) -> u64 {
+        self.load(WAL_VERIFIED)
+    }
+
+    pub fn set_wal_verified(&self, token: u64) {
+        self.store(WAL_VERIFIED, token);
     }
 
     /// Publishes the consumer's progress.
@@ -465,6 +495,9 @@ mod tests {
                 end: 99,
             },
             sealed_us: 7,
+            token: 11,
+            mode_kind: 2 << 8 | 1,
+            wal_frames: 5,
         };
         a.publish_sealed(s);
         assert_eq!(b.sealed(), s);
@@ -512,6 +545,7 @@ mod tests {
                 end: 50,
             },
             sealed_us: 1,
+            ..Default::default()
         });
         assert!(!active.relocate_if_gone().unwrap(), "nothing happened yet");
         std::fs::remove_dir_all(&d).unwrap();
@@ -536,6 +570,7 @@ mod tests {
                 end: 40,
             },
             sealed_us: 2,
+            ..Default::default()
         });
         assert_eq!(other.sealed().seq, 1);
         let third = Control::open(&d).unwrap();

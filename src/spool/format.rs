@@ -83,6 +83,13 @@ pub struct CommitInfo {
     pub wal_first_frame: u64,
 }
 
+impl CommitInfo {
+    /// `mode << 8 | kind`, the form the control file publishes (never 0 for a real record).
+    pub fn mode_kind(&self) -> u64 {
+        ((self.mode as u64) << 8) | self.kind as u64
+    }
+}
+
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
     out[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }

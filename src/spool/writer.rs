@@ -156,6 +156,34 @@ impl OpenSegment {
         Ok(())
     }
 
+    /// Writes `parts` back to back from `pos` (`len` bytes in all). The usual case, all of it
+    /// inside the mapping, is one bounds check and one copy per part.
+    fn write_parts_at(&mut self, pos: u64, parts: &[&[u8]], len: u64) -> io::Result<()> {
+        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
+        match self.map.as_ref() {
+            Some(m) if pos + len <= mapped && !crate::faults::active("spool_enospc") => {
+                let mut at = pos as usize;
+                for p in parts {
+                    // SAFETY: [at, at + p.len()) lies inside [pos, pos + len), inside the mapping
+                    // (checked just above); the rest as in `write_at`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(p.as_ptr(), m.as_mut_ptr().add(at), p.len())
+                    };
+                    at += p.len();
+                }
+                Ok(())
+            }
+            _ => {
+                let mut at = pos;
+                for p in parts {
+                    self.write_at(at, p)?;
+                    at += p.len() as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Records the write position; releases the pages below it here only when the consumer
     /// fell `RELEASE_HARD_LIMIT` behind in releasing them.
     fn advance_to(&mut self, pos: u64) {
@@ -390,10 +418,9 @@ impl SpoolWriter {
         let (Some(seg), Some(txn)) = (self.seg.as_mut(), self.txn.as_mut()) else {
             return Err(io::Error::other("no open spool transaction"));
         };
-        for p in parts {
-            seg.write_at(txn.start + txn.len, p)?;
-            txn.len += p.len() as u64;
-        }
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        seg.write_parts_at(txn.start + txn.len, parts, len)?;
+        txn.len += len;
         seg.advance_to(txn.start + txn.len);
         Ok(())
     }
@@ -470,6 +497,9 @@ impl SpoolWriter {
             seq,
             pos,
             sealed_us: info.sealed_us,
+            token: info.token,
+            mode_kind: info.mode_kind(),
+            wal_frames: info.wal_frames,
         });
         Ok((seq, pos))
     }

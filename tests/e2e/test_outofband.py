@@ -132,6 +132,60 @@ def test_rolled_back_wal_restart_is_not_a_foreign_write(connections, tmp_path, r
     sh.assert_backup_converged(con, db, backup, repro)
 
 
+# The shell's commit changes only a table A never writes, so no later page image of A's can
+# carry it into the backup by chance.
+FOREIGN_COMMIT = "UPDATE side SET v = zeroblob(700) WHERE id = 7;"
+# How the plain shell ends the WAL generation that holds its commit (or starts one of its own).
+GENERATION_ENDINGS = {
+    # Commit after our last record, then a complete checkpoint: A's next write restarts the WAL.
+    "foreign-commit-then-our-restart": FOREIGN_COMMIT + " PRAGMA wal_checkpoint(PASSIVE);",
+    # Commit, then checkpoint TRUNCATE: the WAL is empty when A writes its new header.
+    "foreign-commit-then-truncate": FOREIGN_COMMIT + " PRAGMA wal_checkpoint(TRUNCATE);",
+    # Checkpoint, then commit: the shell restarts the WAL itself; A appends after its frames.
+    "foreign-restart-and-commit": "PRAGMA wal_checkpoint(PASSIVE); " + FOREIGN_COMMIT,
+}
+
+
+@pytest.mark.parametrize("ending", sorted(GENERATION_ENDINGS))
+def test_wal_generation_ended_around_a_foreign_commit(
+    connections, sqlite3_cli, tmp_path, rng, repro, ending
+):
+    """The plain shell commits in WAL mode and the WAL generation holding that commit ends
+    (restart or truncation) right before A writes again. The spool never saw the commit and A's
+    next transaction starts in a new generation, so only a check at the generation's end (or of
+    where A's first frame lies) can tell. Expected: a counted resync, last_error saying 'without
+    spoolvfs', and the backup equal to the source, including the shell's change."""
+    ctx = f"{ending}; {repro}"
+    db, backup, con = setup(connections, tmp_path, "wal")
+    con.execute("CREATE TABLE side(id INTEGER PRIMARY KEY, v BLOB)")
+    with con:
+        con.executemany(
+            "INSERT INTO side(id, v) VALUES(?, randomblob(300))",
+            [(i,) for i in range(20)],
+        )
+    a_writes(con, rng)
+    assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 before the shell [{ctx}]"
+    resyncs0 = sh.spool_status(con)["resyncs"]
+    # A's next write must follow at once: the idle source check (once a second) would otherwise
+    # find the shell's commit first, and this test is about the case where it does not.
+    cli(sqlite3_cli, db, GENERATION_ENDINGS[ending])
+    a_writes(con, rng, n=3)
+    assert sh.scalar(con, "SELECT length(v) FROM side WHERE id = 7") == 700, (
+        f"A must see the shell's change [{ctx}]"
+    )
+    st = sh.assert_sync_recovers(con, db, backup, "a WAL generation ended by the shell", ctx)
+    assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
+    assert st["last_error"] and "without spoolvfs" in st["last_error"], (
+        f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
+    )
+    b = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    try:
+        got = b.execute("SELECT length(v) FROM side WHERE id = 7").fetchone()[0]
+    finally:
+        b.close()
+    assert got == 700, f"expected the shell's change in the backup, found length {got} [{ctx}]"
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_deleted_backup_is_recreated(connections, tmp_path, rng, repro, journal):
     """The backup file is deleted while A runs; after A's next writes, spool_sync(30000) = 1 and
