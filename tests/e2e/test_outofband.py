@@ -186,6 +186,37 @@ def test_wal_generation_ended_around_a_foreign_commit(
     assert got == 700, f"expected the shell's change in the backup, found length {got} [{ctx}]"
 
 
+def test_closing_and_reopening_a_wal_database_reports_no_loss(connections, tmp_path, repro):
+    """The negative control of the generation check: the last close of a WAL database deletes
+    the WAL (its generation ends, checked by our writer), and the next open starts a new WAL with
+    no old header to read. Three close/reopen rounds: no last_error, at most the one resync of a
+    first open per round, and after each close the backup equal to the source. (Without the check
+    at deletion, every reopen reported 'ended without spoolvfs' and resynced twice.) Nothing else
+    may end the generation here: `assert_backup_converged` would checkpoint with TRUNCATE."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    resyncs = None
+    for round_ in range(3):
+        ctx = f"round {round_}; {repro}"
+        con = connections(db, backup, journal_mode="wal")
+        con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB)")
+        for _ in range(40):
+            with con:
+                con.execute("INSERT INTO t(v) VALUES(randomblob(500))")
+        assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 [{ctx}]"
+        st = sh.spool_status(con)
+        assert st["last_error"] is None, f"expected no loss, got {st['last_error']!r} [{ctx}]"
+        if resyncs is not None:
+            assert st["resyncs"] <= resyncs + 1, (
+                f"expected at most the first open's resync, {resyncs} -> {st['resyncs']} [{ctx}]"
+            )
+        resyncs = st["resyncs"]
+        con.close()
+        assert not (tmp_path / "app.db-wal").exists(), (
+            f"setup: the last close deletes the WAL [{ctx}]"
+        )
+        sh.assert_closed_files_match(db, backup, wal=True, context=ctx)
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_deleted_backup_is_recreated(connections, tmp_path, rng, repro, journal):
     """The backup file is deleted while A runs; after A's next writes, spool_sync(30000) = 1 and
