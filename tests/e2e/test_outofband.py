@@ -64,6 +64,16 @@ def a_writes(con, rng, n: int = 5) -> None:
             con.execute("INSERT INTO t(k, v) VALUES(?, randomblob(100))", (rng.randint(0, 99),))
 
 
+def assert_foreign_write_repaired(con, db, backup, resyncs0: int, after: str, ctx: str) -> None:
+    """The backup converges after a change made without spoolvfs (`after` names it), through a
+    counted resync (more than `resyncs0`), with a last_error that says 'without spoolvfs'."""
+    st = sh.assert_sync_recovers(con, db, backup, after, ctx)
+    assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
+    assert st["last_error"] and "without spoolvfs" in st["last_error"], (
+        f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
+    )
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_write_without_spoolvfs_is_detected_while_idle(
     connections, sqlite3_cli, tmp_path, rng, repro, journal
@@ -87,11 +97,7 @@ def test_write_without_spoolvfs_is_detected_while_idle(
     assert sh.scalar(con, "SELECT count(*) FROM t WHERE k = -2") == 1, (
         f"A must see the shell's write [{ctx}]"
     )
-    st = sh.assert_sync_recovers(con, db, backup, "a write without spoolvfs", ctx)
-    assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
-    assert st["last_error"] and "without spoolvfs" in st["last_error"], (
-        f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
-    )
+    assert_foreign_write_repaired(con, db, backup, resyncs0, "a write without spoolvfs", ctx)
 
 
 def test_rolled_back_wal_restart_is_not_a_foreign_write(connections, tmp_path, repro):
@@ -173,11 +179,8 @@ def test_wal_generation_ended_around_a_foreign_commit(
     assert sh.scalar(con, "SELECT length(v) FROM side WHERE id = 7") == 700, (
         f"A must see the shell's change [{ctx}]"
     )
-    st = sh.assert_sync_recovers(con, db, backup, "a WAL generation ended by the shell", ctx)
-    assert st["resyncs"] > resyncs0, f"expected a counted resync (> {resyncs0}): {st} [{ctx}]"
-    assert st["last_error"] and "without spoolvfs" in st["last_error"], (
-        f"expected last_error to mention 'without spoolvfs', got {st['last_error']!r} [{ctx}]"
-    )
+    after = "a WAL generation ended by the shell"
+    assert_foreign_write_repaired(con, db, backup, resyncs0, after, ctx)
     b = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
     try:
         got = b.execute("SELECT length(v) FROM side WHERE id = 7").fetchone()[0]
