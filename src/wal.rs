@@ -186,16 +186,25 @@ pub struct CommittedWal {
 /// header or frame `after - 1` does not belong to it. Reads only the tail: the cumulative checksum
 /// stored in frame `after - 1`'s header seeds the validation of the frames after it.
 pub fn committed_after(file: &File, after: u64) -> io::Result<Option<(WalHeader, u64)>> {
-    let len = file.metadata()?.len();
-    let mut hdr = [0u8; WAL_HEADER_LEN as usize];
-    if len < WAL_HEADER_LEN {
-        return Ok(None);
-    }
-    file.read_exact_at(&mut hdr, 0)?;
-    let Some(header) = WalHeader::parse(&hdr) else {
+    let Some(header) = header_of(file)? else {
         return Ok(None);
     };
     Ok(committed_in_generation(file, &header, after)?.map(|n| (header, n)))
+}
+
+/// The valid header at offset 0 of WAL `file`; `None` if it is shorter or the header is invalid.
+pub fn header_of(file: &File) -> io::Result<Option<WalHeader>> {
+    let mut hdr = [0u8; WAL_HEADER_LEN as usize];
+    match file.read_exact_at(&mut hdr, 0) {
+        Ok(()) => Ok(WalHeader::parse(&hdr)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `header_of` the WAL at `path`; `None` also when it cannot be read (or does not exist).
+pub fn header_at(path: &std::path::Path) -> Option<WalHeader> {
+    header_of(&File::open(path).ok()?).ok().flatten()
 }
 
 /// `committed_after` for the generation that `header` describes, whether or not it is still the

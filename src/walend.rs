@@ -124,7 +124,6 @@ fn unaccounted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::control::SealedState;
     use crate::spool::format::RecordKind;
     use crate::wal::tests::build_wal;
 

@@ -701,17 +701,11 @@ fn lower_priority() {
 
 /// The applied state after record `r`.
 fn applied_after(r: &Record) -> AppliedState {
-    AppliedState {
-        seq: r.seq,
-        pos: SealedPos {
-            segment: r.segment,
-            end: r.end,
-        },
-        sealed_us: r.info.sealed_us,
-        token: r.info.token,
-        mode_kind: r.info.mode_kind(),
-        wal_frames: r.info.wal_frames,
-    }
+    let pos = SealedPos {
+        segment: r.segment,
+        end: r.end,
+    };
+    AppliedState::of(r.seq, pos, &r.info)
 }
 
 /// Checks that record `r` directly follows the applied state `prev`: the next sequence number,

@@ -69,13 +69,6 @@ fn path_with(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     os.into()
 }
 
-fn read_wal_header(path: &std::path::Path) -> Option<WalHeader> {
-    let f = File::open(path).ok()?;
-    let mut h = [0u8; wal::WAL_HEADER_LEN as usize];
-    f.read_exact_at(&mut h, 0).ok()?;
-    WalHeader::parse(&h)
-}
-
 /// True if the source has a journal that looks hot while no process of ours has a transaction
 /// open: a crashed writer's (or a foreign process's) transaction whose pages may sit in the file.
 fn foreign_hot_journal(c: &Consumer) -> bool {
@@ -145,7 +138,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         len: 0,
     };
     let wal_path = path_with(&cfg.db, "-wal");
-    let wal_before = read_wal_header(&wal_path);
+    let wal_before = wal::header_at(&wal_path);
 
     let mut page1 = [0u8; dbheader::HEADER_LEN];
     c.source
@@ -249,7 +242,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             final_size = db_pages as u64 * h.page_size as u64;
         }
     }
-    let wal_after = read_wal_header(&wal_path);
+    let wal_after = wal::header_at(&wal_path);
     let same_wal = |a: Option<WalHeader>, b: Option<WalHeader>| match (a, b) {
         (None, None) => true,
         (Some(x), Some(y)) => {

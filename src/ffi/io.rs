@@ -356,7 +356,7 @@ unsafe fn before_wal_header_write(f: *mut sqlite3_file, new: &[u8]) {
     // SAFETY: as required.
     let on_disk = unsafe { wal_header_on_disk(f) };
     let new = WalHeader::parse(new).map(|h| h.salts());
-    if on_disk.is_some() && on_disk.map(|h| h.salts()) == new {
+    if on_disk.is_some_and(|h| Some(h.salts()) == new) {
         // The same generation's header written again (after a rolled-back restart).
         return;
     }

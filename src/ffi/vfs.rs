@@ -6,7 +6,6 @@
 //! its `pNext`); the underlying VFS is resolved once, by name, so a second load never wraps `spool`.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -160,12 +159,7 @@ fn before_delete(name: &std::ffi::CStr) {
     let Some(state) = crate::dbstate::registry::find(&db) else {
         return;
     };
-    let path = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
-    let on_disk = std::fs::File::open(path).ok().and_then(|f| {
-        let mut h = [0u8; crate::wal::WAL_HEADER_LEN as usize];
-        f.read_exact_at(&mut h, 0).ok()?;
-        crate::wal::WalHeader::parse(&h)
-    });
+    let on_disk = crate::wal::header_at(Path::new(std::ffi::OsStr::from_bytes(name.to_bytes())));
     io::check_wal_ending(&state, on_disk, crate::walend::Ending::Delete);
 }
 

@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
+use super::format::CommitInfo;
 use super::writer::SealedPos;
 
 const SIZE: u64 = 4096;
@@ -83,30 +84,38 @@ const ERROR_LEN: usize = 1024;
 const ERROR_TEXT: usize = 1032;
 const ERROR_MAX: usize = 1000;
 
-/// The last sealed record, as published.
+/// A record as the control file publishes it, for the last sealed and for the last applied one:
+/// its sequence number, where it ends in the stream, its seal time, and the chain data of the
+/// source after it (token, `mode << 8 | kind`, WAL frames; zero when not known: a resync that
+/// replayed no record, or a control file written by an older version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SealedState {
+pub struct PublishedRecord {
     pub seq: u64,
     pub pos: SealedPos,
     pub sealed_us: u64,
-    /// Chain data of the last sealed record, as in `AppliedState` (zero: not known, e.g. a
-    /// control file written by an older version).
     pub token: u64,
     pub mode_kind: u64,
     pub wal_frames: u64,
 }
 
-/// The consumer's progress, as published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AppliedState {
-    pub seq: u64,
-    pub pos: SealedPos,
-    pub sealed_us: u64,
-    /// Chain data of the last applied record: token, `mode << 8 | kind`, WAL frames.
-    pub token: u64,
-    pub mode_kind: u64,
-    pub wal_frames: u64,
+impl PublishedRecord {
+    /// Record `seq`, ending at `pos`, sealed with `info`.
+    pub fn of(seq: u64, pos: SealedPos, info: &CommitInfo) -> PublishedRecord {
+        PublishedRecord {
+            seq,
+            pos,
+            sealed_us: info.sealed_us,
+            token: info.token,
+            mode_kind: info.mode_kind(),
+            wal_frames: info.wal_frames,
+        }
+    }
 }
+
+/// The last sealed record (the stream's tail).
+pub type SealedState = PublishedRecord;
+/// The consumer's progress: the last record in the backup.
+pub type AppliedState = PublishedRecord;
 
 /// One mapping of a control file, kept for the life of the `Control` (see `Control`).
 struct Mapping {

@@ -493,14 +493,7 @@ impl SpoolWriter {
         if control.applied().seq + 1 == seq {
             control.set_behind_since(info.sealed_us);
         }
-        control.publish_sealed(SealedState {
-            seq,
-            pos,
-            sealed_us: info.sealed_us,
-            token: info.token,
-            mode_kind: info.mode_kind(),
-            wal_frames: info.wal_frames,
-        });
+        control.publish_sealed(SealedState::of(seq, pos, info));
         Ok((seq, pos))
     }
 
