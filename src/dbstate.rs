@@ -63,6 +63,9 @@ pub struct Progress {
     /// Source checks asked for (by `spool_sync`) and done by the active consumer here.
     pub checks_requested: u64,
     pub checks_done: u64,
+    /// This process opened the database as its first user and the clean-close record vouched
+    /// for the backup, so no resync verified it (`consumer::cleanclose`).
+    pub clean_open: bool,
 }
 
 /// One tracked database.
@@ -82,6 +85,9 @@ pub struct DbState {
     /// The consumer is in a long sleep: a seal must ring the doorbell. While records flow it
     /// polls the shared tail instead, so writers make no wake-up syscall on the commit path.
     pub(crate) parked: AtomicBool,
+    /// The source's stamp taken when a WAL of ours was deleted, under the EXCLUSIVE lock of the
+    /// last close (`consumer::cleanclose`).
+    pub wal_deleted_stamp: Mutex<Option<crate::filestamp::FileStamp>>,
     /// Bytes of page images captured by this process.
     pub bytes_captured: AtomicU64,
     /// Callers of `spool_sync` waiting now: the consumer applies at once instead of grouping.
@@ -116,12 +122,14 @@ impl DbState {
                 resync_total: 0,
                 checks_requested: 0,
                 checks_done: 0,
+                clean_open: false,
             }),
             changed: Condvar::new(),
             doorbell: tx,
             doorbell_rx: rx,
             consumer: Mutex::new(None),
             parked: AtomicBool::new(false),
+            wal_deleted_stamp: Mutex::new(None),
             bytes_captured: AtomicU64::new(0),
             sync_waiters: AtomicU32::new(0),
         })

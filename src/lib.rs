@@ -17,6 +17,7 @@ pub mod dbstate;
 pub mod entry;
 pub mod faults;
 pub mod ffi;
+pub mod filestamp;
 pub mod spool;
 pub mod status;
 pub mod util;

@@ -61,6 +61,7 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
             "resync_pending",
             (c.resynced_gen() < c.lost_gen()).to_string(),
         ),
+        ("clean_open", p.clean_open.to_string()),
         ("consumer_pid", consumer_pid.to_string()),
         ("consumer_here", p.active.to_string()),
         (

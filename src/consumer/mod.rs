@@ -21,6 +21,7 @@
 //!   must still be in the state of the last applied record (change counter, committed WAL
 //!   frames). Any difference means a write made without spoolvfs: resync.
 
+pub mod cleanclose;
 mod resync;
 
 use std::fs::{File, OpenOptions};
@@ -138,14 +139,23 @@ pub fn start(
     let mut wal_path = cfg.db.clone().into_os_string();
     wal_path.push("-wal");
     // Nothing vouches for the backup when no other live process keeps it (changes may have been
-    // made while nobody watched) or when no resync ever completed in this spool: verify it. Done
-    // here, at open, so that a `spool_sync` right after the open waits for that verification.
-    if !control.others_alive(pid) || control.resyncs() == 0 {
+    // made while nobody watched), unless the last close recorded the files as they still are, or
+    // when no resync ever completed in this spool: verify it. Done here, at open, so that a
+    // `spool_sync` right after the open waits for that verification.
+    let first = !control.others_alive(pid);
+    let clean_open = first && control.resyncs() > 0 && cleanclose::vouches(&control, &cfg);
+    if (first && !clean_open) || control.resyncs() == 0 {
         control.bump_lost();
     }
+    let backup_fp = if clean_open {
+        fingerprint(&cfg.backup).ok().flatten()
+    } else {
+        None
+    };
     let capture =
         crate::capture::Capture::new(writer, control.clone(), wal_path.into(), page1, size);
     let state = DbState::new(cfg, control, capture);
+    lock(&state.progress).clean_open = clean_open;
     let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
     let mut consumer = Consumer {
         state: state.clone(),
@@ -157,7 +167,7 @@ pub fn start(
         failures: 0,
         lock_file: None,
         pid,
-        backup_fp: None,
+        backup_fp,
         last_check: Instant::now(),
         last_work: Instant::now(),
         seen_captured: 0,
@@ -182,6 +192,7 @@ pub fn shutdown(state: &Arc<DbState>) {
     if let Some(h) = lock(&state.consumer).take() {
         let _ = h.join();
     }
+    crate::ffi::logq::deliver_queued();
     state.control.unregister_pid(std::process::id() as u64);
 }
 
@@ -214,6 +225,8 @@ enum Step {
 
 impl Consumer {
     fn run(&mut self) {
+        // The last close joins this thread: it must never wait in the application's log callback.
+        crate::ffi::logq::mark_background();
         lower_priority();
         loop {
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
@@ -248,10 +261,34 @@ impl Consumer {
             }
         }
         if self.lock_file.is_some() {
+            self.record_clean_close();
             self.state.control.set_consumer(0, now_us());
         }
         lock(&self.state.progress).phase = Phase::Stopped;
         self.state.changed.notify_all();
+    }
+
+    /// Stopping as the active consumer: if this is a clean close (caught up, nobody else uses
+    /// the database), records it so the next first open needs no resync (`cleanclose`).
+    fn record_clean_close(&mut self) {
+        let c = &self.state.control;
+        if lock(&self.state.progress).stop_by.is_none()
+            || !self.caught_up()
+            || c.others_alive(self.pid)
+        {
+            return;
+        }
+        let backup_fp_ok = self.backup_fp.is_some()
+            && fingerprint(&self.state.cfg.backup).ok().flatten() == self.backup_fp;
+        if let Err(why) = cleanclose::record(&self.state, self.source.as_mut(), backup_fp_ok) {
+            crate::ffi::log(
+                libsqlite3_sys::SQLITE_NOTICE,
+                &format!(
+                    "spoolvfs: {}: no clean-close record ({why}); the next first open resyncs",
+                    self.state.cfg.db.display()
+                ),
+            );
+        }
     }
 
     /// Keeps this process's spool mapping ready for its writer: the window ahead populated, so

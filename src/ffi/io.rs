@@ -591,7 +591,13 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
                 |c| c.on_db_unlock(conn, level, &mut header),
             );
         }
-        call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level)
+        let rc = call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level);
+        if level == libsqlite3_sys::SQLITE_LOCK_NONE {
+            // The end of a transaction, on an application thread: the consumer's queued log
+            // messages can come out here (see `logq`).
+            crate::ffi::logq::deliver_queued();
+        }
+        rc
     })
 }
 

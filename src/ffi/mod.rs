@@ -6,6 +6,7 @@
 //! crosses into C; API slots newer than the running host are never read (see `api_min`).
 
 pub mod io;
+pub mod logq;
 pub mod source;
 pub mod sql;
 pub mod vfs;
@@ -80,8 +81,17 @@ pub fn guard_or_else<T>(on_panic: impl FnOnce() -> T, f: impl FnOnce() -> T) -> 
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| on_panic())
 }
 
-/// Writes to SQLite's error log (`sqlite3_log`), which applications can route anywhere.
+/// Writes to SQLite's error log (`sqlite3_log`), which applications can route anywhere. From our
+/// background threads the message goes through `logq` (never blocks a closing thread).
 pub fn log(code: c_int, msg: &str) {
+    if logq::on_background() {
+        logq::enqueue(code, msg);
+    } else {
+        log_now(code, msg);
+    }
+}
+
+fn log_now(code: c_int, msg: &str) {
     let Some(f) = api().and_then(|a| a.log) else {
         return;
     };

@@ -114,6 +114,7 @@ unsafe extern "C" fn fn_status(
 ) {
     guard((), || match state_of_ctx(ctx) {
         Ok(state) => {
+            crate::ffi::logq::deliver_queued();
             let db = api()
                 .and_then(|a| a.context_db_handle)
                 // SAFETY: live context.
@@ -138,6 +139,7 @@ unsafe extern "C" fn fn_sync(ctx: *mut sqlite3_context, n: c_int, args: *mut *mu
         match state_of_ctx(ctx) {
             Ok(state) => {
                 let ok = state.wait_synced(Duration::from_millis(ms.max(0) as u64));
+                crate::ffi::logq::deliver_queued();
                 result_int(ctx, ok as i32);
             }
             Err(e) => result_error(ctx, &e),
@@ -152,7 +154,9 @@ unsafe extern "C" fn fn_resync(
 ) {
     guard((), || match state_of_ctx(ctx) {
         Ok(state) => {
-            if state.resync(RESYNC_WAIT) {
+            let done = state.resync(RESYNC_WAIT);
+            crate::ffi::logq::deliver_queued();
+            if done {
                 result_int(ctx, 1);
             } else {
                 let err = crate::dbstate::lock(&state.progress).last_error.clone();

@@ -139,28 +139,32 @@ unsafe extern "C" fn x_delete(
     sync_dir: c_int,
 ) -> c_int {
     guard(SQLITE_ERROR, || {
-        if !name.is_null() {
+        let wal_of = if name.is_null() {
+            None
+        } else {
             // SAFETY: SQLite passes a NUL-terminated filename, valid for the call.
-            before_delete(unsafe { std::ffi::CStr::from_ptr(name) });
+            before_delete(unsafe { std::ffi::CStr::from_ptr(name) })
+        };
+        let rc = forward!(xDelete, SQLITE_ERROR, name, sync_dir);
+        if let Some(state) = wal_of.filter(|_| rc == SQLITE_OK) {
+            crate::consumer::cleanclose::note_wal_deleted(&state);
         }
-        forward!(xDelete, SQLITE_ERROR, name, sync_dir)
+        rc
     })
 }
 
 /// A WAL of a database open through spool is about to be deleted (the last connection closes,
-/// or the journal mode leaves WAL): its generation ends, so it is checked first. Every other
-/// deletion (rollback journals, once per commit in DELETE mode) costs a suffix comparison.
-fn before_delete(name: &std::ffi::CStr) {
+/// or the journal mode leaves WAL): its generation ends, so it is checked first. Returns the
+/// database's state for the stamp taken after the deletion. Every other deletion (rollback
+/// journals, once per commit in DELETE mode) costs a suffix comparison.
+fn before_delete(name: &std::ffi::CStr) -> Option<std::sync::Arc<crate::dbstate::DbState>> {
     use std::os::unix::ffi::OsStrExt;
-    let Some(db) = name.to_bytes().strip_suffix(b"-wal") else {
-        return;
-    };
+    let db = name.to_bytes().strip_suffix(b"-wal")?;
     let db = crate::config::db_key(Path::new(std::ffi::OsStr::from_bytes(db)));
-    let Some(state) = crate::dbstate::registry::find(&db) else {
-        return;
-    };
+    let state = crate::dbstate::registry::find(&db)?;
     let on_disk = crate::wal::header_at(Path::new(std::ffi::OsStr::from_bytes(name.to_bytes())));
     io::check_wal_ending(&state, on_disk, crate::walend::Ending::Delete);
+    Some(state)
 }
 
 unsafe extern "C" fn x_access(

@@ -32,6 +32,11 @@
 //! 208  wal_verified          writer ending a WAL generation  token of the last generation
 //!                                                            checked complete when it ended
 //! 256  pids[64]              each process                    processes that have the db open
+//! 768  clean_lock (seqlock)  last process to close           the clean-close record:
+//! 776  clean_seq             "                               last sealed = applied seq (0: none)
+//! 784  clean_lost_gen        "                               lost_gen = resynced_gen then
+//! 792  clean_db[5]           "                               stamp of the source (filestamp)
+//! 832  clean_backup[5]       "                               stamp of the backup
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
@@ -48,6 +53,7 @@ use memmap2::MmapMut;
 
 use super::format::CommitInfo;
 use super::writer::SealedPos;
+use crate::filestamp::{self, FileStamp};
 
 const SIZE: u64 = 4096;
 const MAGIC: u64 = u64::from_le_bytes(*b"SPOOLCT1");
@@ -78,6 +84,11 @@ const SEALED_TOKEN: usize = 184;
 const SEALED_MODE_KIND: usize = 192;
 const SEALED_WAL_FRAMES: usize = 200;
 const WAL_VERIFIED: usize = 208;
+const CLEAN_LOCK: usize = 768;
+const CLEAN_SEQ: usize = 776;
+const CLEAN_LOST: usize = 784;
+const CLEAN_DB: usize = 792;
+const CLEAN_BACKUP: usize = CLEAN_DB + 8 * filestamp::WORDS;
 const PIDS: usize = 256;
 const MAX_PIDS: usize = 64;
 const ERROR_LEN: usize = 1024;
@@ -293,6 +304,41 @@ impl Control {
             self.store(SEALED_MODE_KIND, s.mode_kind);
             self.store(SEALED_WAL_FRAMES, s.wal_frames);
         });
+    }
+
+    /// Records a clean close (see `consumer::cleanclose`): with the record at `seq` sealed and
+    /// applied and every loss up to `lost_gen` repaired, the source and the backup were in the
+    /// states `db` and `backup`.
+    pub fn set_clean_close(&self, seq: u64, lost_gen: u64, db: FileStamp, backup: FileStamp) {
+        self.seq_write(CLEAN_LOCK, || {
+            self.store(CLEAN_SEQ, seq);
+            self.store(CLEAN_LOST, lost_gen);
+            for (i, (d, b)) in db.to_words().into_iter().zip(backup.to_words()).enumerate() {
+                self.store(CLEAN_DB + 8 * i, d);
+                self.store(CLEAN_BACKUP + 8 * i, b);
+            }
+        });
+    }
+
+    /// The clean-close record: `(seq, lost_gen, db, backup)`, `None` if there is none.
+    pub fn clean_close(&self) -> Option<(u64, u64, FileStamp, FileStamp)> {
+        let words = |at: usize| {
+            let mut w = [0u64; filestamp::WORDS];
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = self.load(at + 8 * i);
+            }
+            FileStamp::from_words(w)
+        };
+        // Not `seq_read`: a recorder killed inside the write leaves the lock odd for good, and
+        // that must read as "no record", not spin.
+        let before = self.load(CLEAN_LOCK);
+        let r = (
+            self.load(CLEAN_SEQ),
+            self.load(CLEAN_LOST),
+            words(CLEAN_DB),
+            words(CLEAN_BACKUP),
+        );
+        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0).then_some(r)
     }
 
     /// The last sealed record (seq 0: none yet).
@@ -532,6 +578,26 @@ mod tests {
         c.unregister_pid(1);
         assert!(!c.others_alive(me));
         assert!(!pid_alive(0));
+    }
+
+    #[test]
+    fn clean_close_record_round_trips_and_a_torn_one_reads_as_none() {
+        let d = dir("clean");
+        let a = Control::open(&d).unwrap();
+        let b = Control::open(&d).unwrap();
+        assert_eq!(b.clean_close(), None);
+        let stamp = |n: u64| FileStamp {
+            dev: n,
+            ino: n + 1,
+            size: n + 2,
+            mtime_ns: -(n as i64),
+            ctime_ns: n as i64 * 1000,
+        };
+        a.set_clean_close(7, 3, stamp(10), stamp(20));
+        assert_eq!(b.clean_close(), Some((7, 3, stamp(10), stamp(20))));
+        // A recorder killed inside the write leaves the lock odd: no record, and no spinning.
+        a.word(CLEAN_LOCK).fetch_add(1, Ordering::AcqRel);
+        assert_eq!(b.clean_close(), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ STATUS_KEYS: dict[str, tuple[type, ...]] = {
     "lag_ms": (int, float),
     "last_error": (type(None), str),
     "resyncs": (int,),
+    "clean_open": (bool,),
     "bytes_applied": (int,),
     "batches": (int,),
     "apply_ms": (int, float),
