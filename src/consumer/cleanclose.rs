@@ -10,9 +10,12 @@
 //! Invariants (why a matching record proves the backup equals the source):
 //! - Recorded only by the active consumer as it stops after draining: every sealed record is
 //!   applied, every loss repaired, no transaction is open, and no other live process is
-//!   registered, checked *after* the stamps are taken. A process of ours registers before it
-//!   opens the source, so any that wrote before the stamps is seen as alive, and nothing is
-//!   recorded.
+//!   registered, checked *after* the stamps are taken. A process of ours registers while it
+//!   opens the source, before it can write, so any that wrote before the stamps is seen as
+//!   alive, and nothing is recorded.
+//! - Something was applied in this spool (a sealed record): its mode and source token are what
+//!   the source is checked against. A database never written through spoolvfs since its spool
+//!   was created gets no record, and resyncs at every first open, as before.
 //! - The source's stamp shows no write made without spoolvfs before it was taken:
 //!   - rollback modes: every commit, ours or not, increments the header's change counter, so
 //!     after the stamp the header must still hold the last applied record's counter (and not
