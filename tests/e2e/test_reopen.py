@@ -15,6 +15,7 @@ four `change_while_closed` cases).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -95,3 +96,61 @@ def test_change_while_closed_is_found(connections, tmp_path, rng, repro, journal
         change_while_closed(db if target == "source" else backup, journal)
         after = db.stat().st_size if target == "source" else backup.stat().st_size
         assert after == size, f"setup: the plain UPDATE changed the file size [{ctx}]"
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_the_last_of_two_processes_leaves_the_record(
+    procs, child_env, connections, tmp_path, rng, repro, journal
+):
+    """A and B (another process) write; A closes while B still has the database open, so A may
+    not vouch for anything; B writes more and closes last. The next open trusts B's record
+    (clean_open, no resync) and the backup equals the source."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    ctx = f"{journal}; {repro}"
+    a = open_and_write(connections, db, backup, journal, rng, rows=10)
+    resyncs = sh.assert_backup_converged(a, db, backup, ctx)["resyncs"]
+    b = sh.SqlChild(procs, child_env, db, backup)
+    b.sql("INSERT INTO t(k, v) VALUES(-1, randomblob(900))")
+    a.close()
+    b.sql("INSERT INTO t(k, v) VALUES(-2, randomblob(900))")
+    assert b.sql("SELECT spool_sync(60000)") == [[1]], f"expected B's sync = 1 [{ctx}]"
+    b.close()
+    sh.assert_closed_files_match(db, backup, wal=journal == "wal", context=ctx)
+    a = connections(db, backup, journal_mode=journal)
+    st = sh.assert_backup_converged(a, db, backup, ctx)
+    assert st["clean_open"] and st["resyncs"] == resyncs, (
+        f"expected B's clean close to be trusted ({resyncs} resyncs): {st} [{ctx}]"
+    )
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("b_writes", [False, True])
+def test_a_killed_process_after_a_clean_close(
+    procs, child_env, connections, tmp_path, rng, repro, journal, b_writes
+):
+    """After A's clean close, B opens (trusting the record) and is killed with SIGKILL, having
+    written (or only read). The next open must resync if B wrote, and may trust the record if B
+    only read; either way the backup equals the source."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    ctx = f"{journal}, B writes: {b_writes}; {repro}"
+    a = open_and_write(connections, db, backup, journal, rng, rows=10)
+    close_and_check(a, db, backup, journal, ctx)
+    b = sh.SqlChild(procs, child_env, db, backup)
+    st_b = json.loads(b.sql("SELECT spool_status()")[0][0])
+    assert st_b["clean_open"], f"setup: expected B to trust A's clean close: {st_b} [{ctx}]"
+    resyncs = st_b["resyncs"]
+    if b_writes:
+        b.sql("INSERT INTO t(k, v) VALUES(-3, randomblob(900))")
+    assert b.sql("SELECT count(*) FROM t") != [], f"expected B to read [{ctx}]"
+    b.proc.kill()
+    b.proc.wait(timeout=60)
+    a = connections(db, backup, journal_mode=journal)
+    st = sh.assert_sync_recovers(a, db, backup, "B was killed", ctx)
+    if b_writes:
+        assert not st["clean_open"] and st["resyncs"] == resyncs + 1, (
+            f"expected one resync more than {resyncs} after B wrote and died: {st} [{ctx}]"
+        )
+    else:
+        assert st["clean_open"] and st["resyncs"] == resyncs, (
+            f"expected the record still trusted after B only read: {st} [{ctx}]"
+        )
