@@ -411,3 +411,38 @@ def test_idle_app_recovers_without_a_new_commit(
     assert rc == 0 and "panicked" not in err, (
         f"expected a clean exit, got {rc}: {err[-2000:]} [{ctx}]"
     )
+
+
+def test_close_while_the_consumer_reports_errors_does_not_hang(
+    procs, fault_env, tmp_path, rng, repro
+):
+    """The child's SQLite log callback is Python code: it needs the GIL, which apsw holds through
+    sqlite3_close, and the last close joins the consumer. With backup_eio active, every apply of
+    the close's drain fails and is reported: the close must still return (it hung for good when
+    the consumer called sqlite3_log itself), and the reports must be in the log file when the
+    process has exited (delivered by the closing thread)."""
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    faults = Path(fault_env["SPOOLVFS_FAULTS_FILE"])
+    log = tmp_path / "child.log"
+    child = sh.DrivenChild(
+        procs,
+        fault_env,
+        sh.spool_uri_params(db, backup=backup, spool_drain_ms=1500),
+        tmp_path / "child.stderr",
+        log=str(log),
+        journal_mode="delete",
+        cache_size=20,
+    )
+    bank = Bank(child, rng)
+    bank.create()
+    assert child.sync() == 1, f"expected spool_sync(30000) = 1 before any fault [{repro}]"
+    faults.write_text("backup_eio\n")
+    bank.transfer()
+    rc, err = child.close(timeout=60)
+    assert rc == 0 and "panicked" not in err, (
+        f"expected a clean exit, got {rc}: {err[-2000:]} [{repro}]"
+    )
+    reports = [m for _, m in read_log(log) if FAULTS["backup_eio"] in m]
+    assert reports, (
+        f"expected the failed applies in the SQLite log, got {read_log(log)[-5:]} [{repro}]"
+    )

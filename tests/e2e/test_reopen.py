@@ -80,7 +80,9 @@ def test_change_while_closed_is_found(connections, tmp_path, rng, repro, journal
         st = sh.assert_sync_recovers(con, db, backup, "reopening", ctx)
         if round_ > 0:
             assert not st["clean_open"], f"expected the change to be noticed: {st} [{ctx}]"
-            assert st["resyncs"] == resyncs + 1, f"expected one resync more than {resyncs}: {st} [{ctx}]"
+            assert st["resyncs"] == resyncs + 1, (
+                f"expected one resync more than {resyncs}: {st} [{ctx}]"
+            )
             want = 1 if target == "source" else 0
             ro = sh.ro_connect(backup)
             try:
