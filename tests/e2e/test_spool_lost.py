@@ -6,6 +6,7 @@ still converges to the source, and is never silently wrong.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,22 @@ def open_with_rows(connections, tmp_path, rng, journal: str, n: int):
     return db, backup, con
 
 
+def remove_tree_in_use(path: Path) -> None:
+    """`rm -rf` of a directory the product is using: its consumer may recreate files in it while
+    the tree is being removed (it follows a deleted spool at once), and then the final rmdir
+    finds the directory not empty. Repeat until the directory is gone, as a user would."""
+    for _ in range(50):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+    raise AssertionError(f"setup: could not remove {path}: files kept reappearing")
+
+
 @pytest.mark.parametrize("journal", ["delete", "wal"])
 def test_spool_directory_deleted_while_open(connections, tmp_path, rng, repro, journal):
     """`rm -rf` of the whole spool directory while a spool connection is open; the application
@@ -53,7 +70,7 @@ def test_spool_directory_deleted_while_open(connections, tmp_path, rng, repro, j
     spool = Path(sh.spool_status(con)["spool"])
     assert spool.is_dir(), f"setup: spool directory {spool} exists [{ctx}]"
     write_some(con, rng, 5)  # some of it possibly not applied yet
-    shutil.rmtree(spool)
+    remove_tree_in_use(spool)
     write_some(con, rng, 40)
     n = sh.scalar(con, "SELECT count(*) FROM t")
     assert n == 105, f"expected all 105 inserts committed in the source, got {n} [{ctx}]"
@@ -182,7 +199,7 @@ def test_spool_deleted_then_another_process_opens(procs, child_env, tmp_path, rn
     )
     a.sql(BANK)
     assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
-    shutil.rmtree(f"{db}-spool")
+    remove_tree_in_use(Path(f"{db}-spool"))
     b = sh.DrivenChild(
         procs, child_env, uri, tmp_path / "b.stderr", journal_mode=journal, cache_size=20
     )
