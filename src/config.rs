@@ -72,6 +72,13 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 impl Config {
+    /// A file of the source database: its path with `suffix` appended (`-wal`, `-journal`).
+    pub fn db_file(&self, suffix: &str) -> PathBuf {
+        let mut os = self.db.as_os_str().to_owned();
+        os.push(suffix);
+        os.into()
+    }
+
     /// Builds the configuration of database `db` (the full path SQLite opened) from its URI
     /// parameters (`param` returns the value of one) and the list of parameter names present.
     pub fn from_uri(

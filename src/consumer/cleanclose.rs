@@ -32,7 +32,6 @@
 //! A kill -9 leaves no new record, and an older one no longer matches once anything was sealed or
 //! written after it: the next first open resyncs, as before.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -46,16 +45,17 @@ use super::SourceReader;
 /// Longest wait for the clock to pass a file's ctime (one tick is 1-10 ms).
 const SETTLE_MAX: Duration = Duration::from_millis(50);
 
-fn wal_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    p.into()
+/// The spool at rest: every sealed record applied, every loss repaired, no transaction open.
+/// Then `(seq, lost_gen)`, what a record is taken at and must still be at when it is used.
+fn spool_at_rest(c: &Control) -> Option<(u64, u64)> {
+    let (seq, lost) = (c.applied().seq, c.lost_gen());
+    (c.sealed().seq == seq && c.resynced_gen() == lost && c.txn_owner() == 0).then_some((seq, lost))
 }
 
 /// Whether the database's WAL holds no commit: absent, empty, or without a valid committed frame
 /// (readers that cannot delete it, such as read-only connections, leave an empty one behind).
-fn wal_holds_no_commit(db: &Path) -> std::io::Result<bool> {
-    let file = match std::fs::File::open(wal_path(db)) {
+fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
+    let file = match std::fs::File::open(cfg.db_file("-wal")) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(e),
@@ -80,7 +80,7 @@ fn source_stamp(
     applied_mode_kind: u64,
     applied_token: u64,
 ) -> Result<FileStamp, String> {
-    if !wal_holds_no_commit(&state.cfg.db).map_err(|e| e.to_string())? {
+    if !wal_holds_no_commit(&state.cfg).map_err(|e| e.to_string())? {
         return Err("the WAL holds commits".into());
     }
     if applied_mode_kind >> 8 == SourceMode::Rollback as u64 {
@@ -117,14 +117,10 @@ pub fn record(
 ) -> Result<(), String> {
     let c = &state.control;
     let applied = c.applied();
-    let lost = c.lost_gen();
-    if applied.seq == 0
-        || c.sealed().seq != applied.seq
-        || c.resynced_gen() != lost
-        || c.txn_owner() != 0
-    {
+    let at_rest = spool_at_rest(c).filter(|&(seq, _)| seq != 0 && seq == applied.seq);
+    let Some((seq, lost)) = at_rest else {
         return Err("the backup is not caught up".into());
-    }
+    };
     if !backup_fp_ok {
         return Err("the backup is not known to be as last applied".into());
     }
@@ -138,10 +134,10 @@ pub fn record(
     if c.others_alive(std::process::id() as u64) {
         return Err("another process uses the database".into());
     }
-    if c.sealed().seq != applied.seq || c.applied().seq != applied.seq || c.lost_gen() != lost {
+    if spool_at_rest(c) != at_rest {
         return Err("the spool moved on".into());
     }
-    c.set_clean_close(applied.seq, lost, db, backup);
+    c.set_clean_close(seq, lost, db, backup);
     Ok(())
 }
 
@@ -151,13 +147,8 @@ pub fn vouches(control: &Control, cfg: &Config) -> bool {
     let Some((seq, lost, db, backup)) = control.clean_close() else {
         return false;
     };
-    let spool_unchanged = seq == control.sealed().seq
-        && seq == control.applied().seq
-        && lost == control.lost_gen()
-        && lost == control.resynced_gen()
-        && control.txn_owner() == 0;
-    spool_unchanged
+    spool_at_rest(control) == Some((seq, lost))
         && matches!(filestamp::stamp(&cfg.db), Ok(Some(s)) if s == db)
-        && matches!(wal_holds_no_commit(&cfg.db), Ok(true))
+        && matches!(wal_holds_no_commit(cfg), Ok(true))
         && matches!(filestamp::stamp(&cfg.backup), Ok(Some(s)) if s == backup)
 }

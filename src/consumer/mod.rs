@@ -136,15 +136,14 @@ pub fn start(
     let pid = std::process::id() as u64;
     control.register_pid(pid);
     let writer = crate::spool::writer::SpoolWriter::new(cfg.spool.clone(), cfg.durable, ROTATE_AT);
-    let mut wal_path = cfg.db.clone().into_os_string();
-    wal_path.push("-wal");
+    let wal_path = cfg.db_file("-wal");
     // Nothing vouches for the backup when no other live process keeps it (changes may have been
     // made while nobody watched), unless the last close recorded the files as they still are, or
     // when no resync ever completed in this spool: verify it. Done here, at open, so that a
     // `spool_sync` right after the open waits for that verification.
     let first = !control.others_alive(pid);
     let clean_open = first && control.resyncs() > 0 && cleanclose::vouches(&control, &cfg);
-    if (first && !clean_open) || control.resyncs() == 0 {
+    if !clean_open && (first || control.resyncs() == 0) {
         control.bump_lost();
     }
     let backup_fp = if clean_open {
@@ -152,8 +151,7 @@ pub fn start(
     } else {
         None
     };
-    let capture =
-        crate::capture::Capture::new(writer, control.clone(), wal_path.into(), page1, size);
+    let capture = crate::capture::Capture::new(writer, control.clone(), wal_path, page1, size);
     let state = DbState::new(cfg, control, capture);
     lock(&state.progress).clean_open = clean_open;
     let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
@@ -558,9 +556,7 @@ impl Consumer {
                 _ => None,
             }
         } else {
-            let mut wal_path = self.state.cfg.db.clone().into_os_string();
-            wal_path.push("-wal");
-            match File::open(&wal_path) {
+            match File::open(self.state.cfg.db_file("-wal")) {
                 Err(_) => None,
                 Ok(f) => {
                     match crate::wal::committed_after(&f, a.wal_frames)? {

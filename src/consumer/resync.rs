@@ -63,16 +63,10 @@ pub(super) fn run(c: &mut Consumer) -> Result<(), String> {
     ))
 }
 
-fn path_with(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
-    let mut os = base.as_os_str().to_owned();
-    os.push(suffix);
-    os.into()
-}
-
 /// True if the source has a journal that looks hot while no process of ours has a transaction
 /// open: a crashed writer's (or a foreign process's) transaction whose pages may sit in the file.
 fn foreign_hot_journal(c: &Consumer) -> bool {
-    let journal = path_with(&c.state.cfg.db, "-journal");
+    let journal = c.state.cfg.db_file("-journal");
     let mut first = [0u8; 1];
     let looks_hot = File::open(&journal)
         .and_then(|f| f.read_exact_at(&mut first, 0))
@@ -137,7 +131,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         file: Arc::new(scratch_file),
         len: 0,
     };
-    let wal_path = path_with(&cfg.db, "-wal");
+    let wal_path = cfg.db_file("-wal");
     let wal_before = wal::header_at(&wal_path);
 
     let mut page1 = [0u8; dbheader::HEADER_LEN];
