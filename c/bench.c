@@ -20,7 +20,8 @@
 **
 ** VFS is `unix`, `passthru` (c/passthru.c: a shim that only forwards, the floor of any VFS-based
 ** design) or `spool`; with `spool` the backup is DB.backup and the spool DB-spool (the default).
-** RATE 0 means "as fast as one thread can commit".
+** RATE 0 means "as fast as one thread can commit". BENCH_BACKUP_DIR=DIR puts spool's backup in DIR;
+** BENCH_IDLE_THREAD=1 makes the process multi-threaded with one idle thread (see idle_thread_main).
 */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -161,6 +162,28 @@ static void json_latency(const char *k, int64_t *v, long n) {
 
 /* ---- SQLite helpers ----------------------------------------------------------------------------
  */
+
+/* BENCH_IDLE_THREAD=1 starts one thread that never runs (all signals blocked, parked in pause()).
+** It does no work and touches no shared data; it only makes the process multi-threaded, as
+** spoolvfs's consumer thread does. glibc then leaves its single-thread fast paths (the mutexes of
+** SQLite and malloc take a locked instruction, pwrite and fcntl become cancellation points), a
+** cost any in-process design with a background thread pays before it does anything. */
+static void *idle_thread_main(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  for (;;) pause();
+  return NULL;
+}
+
+static void start_idle_thread_if_asked(void) {
+  const char *v = getenv("BENCH_IDLE_THREAD");
+  if (!v || strcmp(v, "1") != 0) return;
+  pthread_t t;
+  if (pthread_create(&t, NULL, idle_thread_main, NULL) != 0) die("starting the idle thread");
+  pthread_detach(t);
+}
 
 static void load_extension(void) {
   const char *lib = getenv("SPOOLVFS_LIB");
@@ -1068,6 +1091,7 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   fill_payload(0x5eed);
   load_extension();
+  start_idle_thread_if_asked();
   argc -= 2, argv += 2;
   if (!strcmp(cmd, "info")) return cmd_info();
   if (!strcmp(cmd, "disk")) return cmd_disk(argc, argv);

@@ -248,8 +248,15 @@ def bench_corunner(b, cfg):
                 )
             try:
                 r = b.run(
-                    "writer", "unix", "wal", "normal", "small", cfg.small_txns_wal,
-                    cfg.small_warmup, b.fresh("corunner") / "db", cpu=mine,
+                    "writer",
+                    "unix",
+                    "wal",
+                    "normal",
+                    "small",
+                    cfg.small_txns_wal,
+                    cfg.small_warmup,
+                    b.fresh("corunner") / "db",
+                    cpu=mine,
                 )
             finally:
                 if spinner:
@@ -277,13 +284,18 @@ def bench_corunner(b, cfg):
 
 
 # The writer arms: plain SQLite, a C shim that only forwards every call to unix (c/passthru.c: the
-# floor of any design that observes SQLite through a VFS), spoolvfs, and spoolvfs with its backup
-# on another device. The last one separates what capture costs the writer (CPU) from what the
+# floor of any design that observes SQLite through a VFS), the same shim in a process with one idle
+# thread (the floor of any in-process design with a background worker: glibc leaves its
+# single-thread fast paths once a second thread exists), spoolvfs, and spoolvfs with its backup on
+# another device. The last one separates what capture costs the writer (CPU) from what the
 # backup's own fsyncs cost it when they queue on the application's disk. This VM has one disk, so
 # a tmpfs stands in for the second device: the backup's writes and fsyncs then reach no disk.
+THREADED = "passthru-thread"
 ELSEWHERE = "spool-elsewhere"
-SHIM_VFS = ("unix", "passthru", "spool")
+SHIM_VFS = ("unix", "passthru", THREADED, "spool")
 WRITER_VFS = (*SHIM_VFS, ELSEWHERE)
+# Arms that run another VFS under extra environment: (VFS given to bench, environment).
+ARM_RUN_AS = {THREADED: ("passthru", {"BENCH_IDLE_THREAD": "1"})}
 ELSEWHERE_ROOT = Path("/dev/shm")
 
 
@@ -299,13 +311,24 @@ def elsewhere_dir(cfg):
 def run_writer(b, vfs, journal, sync, workload, n, warm, elsewhere):
     """One writer arm on fresh files; the elsewhere arm is `spool` with BENCH_BACKUP_DIR set."""
     d = b.fresh("writer")
+    if vfs in ARM_RUN_AS:
+        run_as, env = ARM_RUN_AS[vfs]
+        r = b.run("writer", run_as, journal, sync, workload, n, warm, d / "db", env=env)
+        return dict(r, vfs=vfs)
     if vfs != ELSEWHERE:
         return b.run("writer", vfs, journal, sync, workload, n, warm, d / "db")
     shutil.rmtree(elsewhere, ignore_errors=True)
     elsewhere.mkdir()
     try:
         r = b.run(
-            "writer", "spool", journal, sync, workload, n, warm, d / "db",
+            "writer",
+            "spool",
+            journal,
+            sync,
+            workload,
+            n,
+            warm,
+            d / "db",
             env={"BENCH_BACKUP_DIR": str(elsewhere)},
         )
     finally:
@@ -320,9 +343,11 @@ def small_txns(cfg, journal):
 
 def bench_writer(b, cfg):
     """Writer cost of spool vs plain: for each workload and mode, `reps` interleaved rounds of fresh
-    arms (plain, passthru, spool, plain, ...). Throughput and latency ratios are spool/plain of the
-    medians: what a writer pays for the live backup; passthru/plain is what any VFS shim pays;
-    spool-elsewhere/plain is what capture alone costs when the backup has its own device."""
+    arms (plain, passthru, passthru-thread, spool, plain, ...). Throughput and latency ratios are
+    spool/plain of the medians: what a writer pays for the live backup; passthru/plain is what any
+    VFS shim pays; passthru-thread/plain what any in-process design with a background thread pays
+    before it captures anything; spool-elsewhere/plain is what capture alone costs when the backup
+    has its own device."""
     raw = []
     elsewhere = elsewhere_dir(cfg)
     arms = WRITER_VFS if elsewhere else SHIM_VFS
@@ -366,6 +391,7 @@ def summarize_writer(raw):
                 if rs
             }
             away = med.get(ELSEWHERE, {})
+            floor = med.get(THREADED, {})
             rows.append(
                 {
                     "workload": workload,
@@ -384,6 +410,12 @@ def summarize_writer(raw):
                         med["passthru"]["throughput"], med["unix"]["throughput"]
                     ),
                     "shim_p99_ratio": ratio(med["passthru"]["p99_ms"], med["unix"]["p99_ms"]),
+                    "threaded": floor or None,
+                    "threaded_throughput_ratio": ratio(
+                        floor.get("throughput"), med["unix"]["throughput"]
+                    ),
+                    "threaded_p99_ratio": ratio(floor.get("p99_ms"), med["unix"]["p99_ms"]),
+                    "threaded_cpu_ratio": ratio(floor.get("cpu_us"), med["unix"]["cpu_us"]),
                     "elsewhere": away or None,
                     "elsewhere_throughput_ratio": ratio(
                         away.get("throughput"), med["unix"]["throughput"]
@@ -414,11 +446,27 @@ def bench_instructions(b, cfg):
             d = b.fresh("instr")
             out = d / "callgrind.out"
             warm = cfg.instr_txns // 10
+            run_as, extra_env = ARM_RUN_AS.get(vfs, (vfs, {}))
             subprocess.run(
-                [valgrind, "--tool=callgrind", "--separate-threads=yes",
-                 f"--callgrind-out-file={out}", b.exe, "writer", vfs, journal, sync, "small",
-                 str(cfg.instr_txns), str(warm), str(d / "db")],
-                env=b.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    valgrind,
+                    "--tool=callgrind",
+                    "--separate-threads=yes",
+                    f"--callgrind-out-file={out}",
+                    b.exe,
+                    "writer",
+                    run_as,
+                    journal,
+                    sync,
+                    "small",
+                    str(cfg.instr_txns),
+                    str(warm),
+                    str(d / "db"),
+                ],
+                env=dict(b.env, **extra_env),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 timeout=3600,
             )
             per_vfs[vfs] = write_txn_instructions(out) / (cfg.instr_txns + warm)
@@ -429,6 +477,7 @@ def bench_instructions(b, cfg):
                 "txns": cfg.instr_txns,
                 "instr_per_txn": per_vfs,
                 "shim_ratio": ratio(per_vfs["passthru"], per_vfs["unix"]),
+                "threaded_ratio": ratio(per_vfs[THREADED], per_vfs["unix"]),
                 "spool_ratio": ratio(per_vfs["spool"], per_vfs["unix"]),
                 "spool_extra": per_vfs["spool"] - per_vfs["unix"],
             }
