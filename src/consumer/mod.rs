@@ -120,6 +120,10 @@ struct Consumer {
     /// `bytes_captured` at the last look, and when it last changed (this process writing).
     seen_captured: u64,
     last_local_write: Instant,
+    /// The drain of the last close cannot finish: a resync must wait for a hot journal that only
+    /// a later opener of the database rolls back. The close then ends without waiting out
+    /// `drain_ms`; the resync stays pending in the control file for whoever opens next.
+    drain_blocked: bool,
 }
 
 /// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
@@ -170,6 +174,7 @@ pub fn start(
         last_work: Instant::now(),
         seen_captured: 0,
         last_local_write: Instant::now(),
+        drain_blocked: false,
     };
     let handle = std::thread::Builder::new()
         .name("spoolvfs-consumer".to_string())
@@ -338,8 +343,12 @@ impl Consumer {
         let Some(stop_by) = lock(&self.state.progress).stop_by else {
             return false;
         };
-        // A passive consumer has nothing to drain; the active one drains until caught up.
-        self.lock_file.is_none() || self.caught_up() || Instant::now() >= stop_by
+        // A passive consumer has nothing to drain; the active one drains until caught up, or
+        // until nothing more can happen before the next open.
+        self.lock_file.is_none()
+            || self.caught_up()
+            || self.drain_blocked
+            || Instant::now() >= stop_by
     }
 
     /// Seals this process's transaction that ended with a rollback but got no end event after its

@@ -17,7 +17,9 @@
 //! a page being written, so a later write to it exists and wins. Spilled pages of a transaction
 //! still open during the copy are followed by its record (commit or rollback playback) before `S`.
 //! In rollback mode a hot journal nobody of ours owns (a crashed writer) is waited out: whoever
-//! opens the database next rolls it back through SQLite.
+//! opens the database next rolls it back through SQLite. Not by a closing process, though: its
+//! last connection is gone, so nobody in it will roll the journal back; its close ends at once and
+//! the resync stays pending for the next open (`Consumer::drain_blocked`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -81,6 +83,11 @@ fn stopping(c: &Consumer) -> bool {
         .is_some_and(|t| Instant::now() >= t)
 }
 
+/// The last close of this process asked the consumer to drain (whatever the deadline).
+fn closing(c: &Consumer) -> bool {
+    lock(&c.state.progress).stop_by.is_some()
+}
+
 struct Scratch {
     file: Arc<File>,
     len: u64,
@@ -99,8 +106,15 @@ impl Scratch {
 fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let cfg = c.state.cfg.clone();
     while foreign_hot_journal(c) {
-        if stopping(c) {
-            return Err("stopping while the source had a hot journal".into());
+        if closing(c) {
+            // Waiting would hold the application's close for `drain_ms` and change nothing: the
+            // journal is rolled back by the next opener, and then the pending resync runs.
+            c.drain_blocked = true;
+            return Err(format!(
+                "resync left for the next open: {} is a hot journal (a transaction that crashed \
+                 or failed to roll back), which SQLite rolls back when the database is next opened",
+                c.state.cfg.db_file("-journal").display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

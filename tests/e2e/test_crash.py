@@ -67,3 +67,56 @@ def test_kill9_during_live_reads_keeps_backup_consistent(
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
     assert_reader_stats(stats, repro)
     assert sh.scalar(con, "SELECT sum(balance) FROM accounts") == ACCOUNTS * 1000
+
+
+def test_last_close_does_not_wait_out_a_hot_journal(procs, child_env, connections, tmp_path):
+    """A process killed mid-transaction leaves a hot journal and pages of its transaction in the
+    database file. The survivor's consumer must resync, and its resync has to wait until someone
+    rolls the journal back. The survivor's last close cannot be that someone (its connection is
+    gone), so the close must end at once, not after `spool_drain_ms`. The resync is left pending,
+    and the next open rolls the journal back and brings the backup exactly to the source."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    journal, log = tmp_path / "app.db-journal", tmp_path / "survivor.log"
+    drain_ms = 120_000
+    uri = sh.spool_uri_params(db, backup=backup, spool_drain_ms=drain_ms)
+    survivor = sh.DrivenChild(
+        procs, child_env, uri, tmp_path / "survivor.err", log=str(log), journal_mode="delete"
+    )
+    survivor.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    survivor.sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+        "INSERT INTO t SELECT i, randomblob(1000) FROM n"
+    )
+    assert survivor.sync() == 1
+
+    # A writer with a tiny page cache spills its open transaction into the file, then dies.
+    victim = sh.DrivenChild(
+        procs,
+        child_env,
+        sh.spool_uri_params(db, backup=backup),
+        tmp_path / "victim.err",
+        journal_mode="delete",
+        cache_size=5,
+    )
+    victim.sql("BEGIN")
+    victim.sql("UPDATE t SET v = randomblob(1000)")
+    assert journal.exists() and journal.read_bytes()[:1] not in (b"", b"\0"), "no hot journal"
+    victim.kill()
+
+    sh.wait_until(
+        lambda: survivor.status()["state"] == "resyncing",
+        timeout=60,
+        what="the survivor's consumer resyncing after the victim's death",
+    )
+    started = time.monotonic()
+    rc, err = survivor.close(timeout=drain_ms / 1000 + 60)
+    took = time.monotonic() - started
+    assert rc == 0, err[-2000:]
+    # Not a timing measurement: the broken behaviour waits the whole 120 s drain.
+    assert took < drain_ms / 2000, f"the last close waited {took:.1f} s for the hot journal"
+    assert journal.exists(), "the hot journal vanished without an opener rolling it back"
+    assert "resync left for the next open" in log.read_text(), log.read_text()[-2000:]
+
+    con = connections(db, backup)  # its first read rolls the hot journal back
+    assert sh.scalar(con, "SELECT count(*) FROM t") == 300
+    sh.assert_backup_converged(con, db, backup, "after the deferred resync", allow_last_error=True)
