@@ -8,7 +8,9 @@
 ** unwinding guard and no state beyond the real file, so the floor it measures is not inflated by
 ** anything spoolvfs-specific.
 **
-** Not part of the product: bench.c includes it and registers the VFS as "passthru" (not default).
+** Not part of the product: bench.c includes it and registers the VFS as "passthru" (not default);
+** c/passthru_ext.c builds it as a loadable extension that stacks it above `spool`, for the tests of
+** a VFS layered over spool.
 */
 #include <sqlite3.h>
 #include <string.h>
@@ -136,13 +138,14 @@ static int pt_current_time_int64(sqlite3_vfs *v, sqlite3_int64 *t) {
 
 static sqlite3_vfs pt_vfs;
 
-/* Registers "passthru" over the default VFS (unix); SQLITE_OK or an error code. */
-static int passthru_register(void) {
-  pt_real_vfs = sqlite3_vfs_find(NULL);
+/* Registers a VFS named NAME that forwards to the VFS named PARENT (NULL: the default one);
+** SQLITE_OK or an error code. */
+static int passthru_register_as(const char *name, const char *parent) {
+  pt_real_vfs = sqlite3_vfs_find(parent);
   if (!pt_real_vfs) return SQLITE_ERROR;
   pt_vfs = *pt_real_vfs; /* inherits iVersion, mxPathname, the syscall hooks */
   pt_vfs.pNext = NULL;
-  pt_vfs.zName = "passthru";
+  pt_vfs.zName = name;
   pt_vfs.szOsFile = (int)sizeof(struct pt_file) + pt_real_vfs->szOsFile;
   pt_vfs.xOpen = pt_open;
   pt_vfs.xDelete = pt_delete;
@@ -159,3 +162,6 @@ static int passthru_register(void) {
   pt_vfs.xCurrentTimeInt64 = pt_current_time_int64;
   return sqlite3_vfs_register(&pt_vfs, 0);
 }
+
+/* Registers "passthru" over the default VFS (unix). */
+static inline int passthru_register(void) { return passthru_register_as("passthru", NULL); }

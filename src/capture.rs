@@ -258,6 +258,11 @@ impl Capture {
     }
 
     /// True while a transaction of this process has captured writes that are not sealed yet.
+    /// No connection of this process has a transaction open or claimed.
+    pub fn idle(&self) -> bool {
+        self.txn_conn.is_none() && !self.txn_open()
+    }
+
     pub fn txn_open(&self) -> bool {
         self.rollback.active || self.wal.first_slot.is_some()
     }
@@ -335,6 +340,20 @@ impl Capture {
             ));
         }
         Some(Outcome::default())
+    }
+
+    /// The main-database file of connection `conn` is being closed. A transaction of it still
+    /// open here never reached the event that ends it (the pager stopped half-way after an I/O
+    /// error, say): nobody will seal it now. Its records are dropped and the transaction owner
+    /// slot freed, since a drain or resync waiting for that slot would wait forever; and a resync
+    /// is asked for, because a commit whose end we missed may have reached the source.
+    pub fn on_connection_close(&mut self, conn: ConnId) -> Outcome {
+        if self.txn_conn != Some(conn) {
+            return Outcome::default();
+        }
+        self.discarding = false;
+        self.drop_open();
+        Outcome::lost("a connection closed with a transaction whose end was never seen".into())
     }
 
     fn drop_open(&mut self) {

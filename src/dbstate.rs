@@ -63,6 +63,11 @@ pub struct Progress {
     /// Source checks asked for (by `spool_sync`) and done by the active consumer here.
     pub checks_requested: u64,
     pub checks_done: u64,
+    /// The last sealed sequence number when the newest check was asked for. Applying a record
+    /// sealed after it also answers the check: that record's chain check compares the source state
+    /// it started from with the previous record's, so a change made without spoolvfs before the
+    /// request shows there. Records sealed before it prove nothing about what came after them.
+    pub check_after_seq: u64,
     /// This process opened the database as its first user and the clean-close record vouched
     /// for the backup, so no resync verified it (`consumer::cleanclose`).
     pub clean_open: bool,
@@ -122,6 +127,7 @@ impl DbState {
                 resync_total: 0,
                 checks_requested: 0,
                 checks_done: 0,
+                check_after_seq: 0,
                 clean_open: false,
             }),
             changed: Condvar::new(),
@@ -192,6 +198,17 @@ impl DbState {
         self.changed.notify_all();
     }
 
+    /// Frees the shared "transaction open" slot if it names this process while no connection of
+    /// this process has a transaction open: a stale claim (the control file restored from a copy
+    /// taken mid-transaction, or a transaction whose end was missed), which a resync would
+    /// otherwise wait on forever. Checked under the capture lock, which every transaction start
+    /// takes, so a transaction that is starting is never mistaken for a stale one.
+    pub fn clear_stale_own_txn_owner(&self) -> bool {
+        let cap = lock(&self.capture);
+        let pid = std::process::id() as u64;
+        cap.idle() && self.control.txn_owner() == pid && self.control.clear_txn_owner_if(pid)
+    }
+
     /// Waits until every transaction sealed (by any process) before the call is in the backup and
     /// every loss known at the call is repaired. Returns false on timeout.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
@@ -213,6 +230,7 @@ impl DbState {
             // Let the consumer look for changes made without spoolvfs first, so that they count as
             // "committed before the call" too.
             p.checks_requested += 1;
+            p.check_after_seq = self.control.sealed().seq;
             let want = p.checks_requested;
             drop(p);
             self.ring();

@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,13 +209,11 @@ pub fn apply(
         return Err(invalid("database too large"));
     }
     let deadline = Instant::now() + opts.lock_timeout;
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(backup_path)?;
+    // Shared and never closed here: closing a descriptor would drop the POSIX locks of the
+    // application's own readers of the backup (`handle`).
+    let file = super::handle::open(backup_path, true)?.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the backup could not be created")
+    })?;
     let mut guard = lock_reserved_with_retry(&file, opts.lock_timeout)?;
     let jpath = journal_path(backup_path);
 
@@ -430,14 +428,10 @@ pub fn recover(backup_path: &Path, lock_timeout: Duration) -> io::Result<bool> {
     if !is_hot(&jpath)? {
         return Ok(false);
     }
-    let file = match File::options().read(true).write(true).open(backup_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // No database: nothing to restore (SQLite would ignore this journal too).
-            remove_journal(&jpath, true)?;
-            return Ok(false);
-        }
-        Err(e) => return Err(e),
+    let Some(file) = super::handle::open(backup_path, false)? else {
+        // No database: nothing to restore (SQLite would ignore this journal too).
+        remove_journal(&jpath, true)?;
+        return Ok(false);
     };
     let guard: Guard<'_> = lock_exclusive_with_retry(&file, lock_timeout)?;
     let rolled = rollback_hot_journal(&file, &jpath)?;

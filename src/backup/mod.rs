@@ -8,6 +8,7 @@
 //! `recover`) rolls back.
 
 pub mod apply;
+pub mod handle;
 pub mod journal;
 pub mod lock;
 pub mod writeset;

@@ -78,10 +78,10 @@ struct Fingerprint {
 
 fn fingerprint(path: &std::path::Path) -> io::Result<Option<Fingerprint>> {
     use std::os::unix::fs::{FileExt, MetadataExt};
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    // Through the shared descriptor: opening and closing one would drop the POSIX locks of the
+    // application's own readers of the backup (`backup::handle`).
+    let Some(f) = crate::backup::handle::open(path, false)? else {
+        return Ok(None);
     };
     let m = f.metadata()?;
     let mut counters = [0u8; 16];
@@ -447,7 +447,10 @@ impl Consumer {
         }
         let sealed = c.sealed();
         let applied = c.applied();
-        let requested = lock(&self.state.progress).checks_requested;
+        let (requested, check_after_seq) = {
+            let p = lock(&self.state.progress);
+            (p.checks_requested, p.check_after_seq)
+        };
         if applied.seq >= sealed.seq {
             c.set_behind_since(0);
             self.set_phase(Phase::Live);
@@ -466,8 +469,9 @@ impl Consumer {
             self.checks_done(requested);
             return Ok(Step::Idle);
         }
-        // Busy: records follow, and the chain check on them catches foreign changes.
-        self.checks_done(requested);
+        // Busy: records follow, and the chain check on them catches foreign changes made before
+        // them. A requested check is answered once a record sealed after the request is applied
+        // (see `check_after_seq`); until then, catching up leads to the idle branch, which looks.
         let oldest = c.behind_since();
         let young = oldest != 0 && now_us().saturating_sub(oldest) < GROUP_AGE_US;
         let stopping = lock(&self.state.progress).stop_by.is_some();
@@ -523,6 +527,9 @@ impl Consumer {
             return Err(e);
         }
         c.publish_applied(prev);
+        if prev.seq > check_after_seq {
+            self.checks_done(requested);
+        }
         self.last_work = Instant::now();
         if c.sealed().seq == prev.seq {
             c.set_behind_since(0);

@@ -33,6 +33,7 @@ use crate::backup::writeset::{Source, WriteSet};
 use crate::dbheader;
 use crate::dbstate::lock;
 use crate::spool::control::AppliedState;
+use crate::spool::format::{RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
 use crate::spool::{list_segments, segment_path};
@@ -156,11 +157,10 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let mut page_size = dbheader::page_size(&page1)
         .or(wal_before.map(|h| h.page_size))
         .unwrap_or(4096);
-    let backup = match File::open(&cfg.backup) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("resync: opening the backup: {e}")),
-    };
+    // The shared descriptor (`backup::handle`): closing one of our own would drop the POSIX
+    // locks of the application's readers of the backup in this process.
+    let backup = crate::backup::handle::open(&cfg.backup, false)
+        .map_err(|e| format!("resync: opening the backup: {e}"))?;
     let backup_len = match &backup {
         Some(f) => f.metadata().map_err(io_err("sizing the backup"))?.len(),
         None => 0,
@@ -218,10 +218,32 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         None => n_pages * page_size as u64,
     };
     let mut source_is_wal = dbheader::is_wal_format(&page1);
+    // The source state the copy shows, in the terms of a record's chain data: what the backup
+    // equals if no record is replayed below. Rollback: the change counter read before the copy
+    // (a commit during it, ours or not, changes it). WAL: the generation and committed frames
+    // overlaid (a later commit adds frames).
+    let mut copied = CopiedState {
+        mode: if source_is_wal {
+            SourceMode::Wal
+        } else {
+            SourceMode::Rollback
+        },
+        token: if source_is_wal {
+            wal_before.map_or(0, |h| h.salts())
+        } else {
+            dbheader::change_counter(&page1).unwrap_or(0) as u64
+        },
+        wal_frames: 0,
+    };
     if let Ok(wal_file) = File::open(&wal_path) {
         let committed = wal::scan_committed(&wal_file).map_err(io_err("scanning the WAL"))?;
         if let (Some(h), Some(db_pages)) = (committed.header, committed.db_pages) {
             source_is_wal = true;
+            copied = CopiedState {
+                mode: SourceMode::Wal,
+                token: h.salts(),
+                wal_frames: committed.committed_frames,
+            };
             page_size = h.page_size;
             let mut frame = vec![0u8; h.page_size as usize];
             let mut pages: Vec<_> = committed
@@ -268,6 +290,14 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         if owner == 0 {
             break c.state.control.sealed();
         }
+        if owner == c.pid && c.state.clear_stale_own_txn_owner() {
+            c.state.report_error(
+                "the control file said this process had a transaction open, and none is: cleared \
+                 (was the spool directory restored from a copy?)"
+                    .into(),
+            );
+            continue;
+        }
         if !crate::spool::control::pid_alive(owner) {
             // Killed with a transaction open: that change may be missing; start over.
             c.state.control.clear_txn_owner_if(owner);
@@ -297,7 +327,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
                         return Ok(false);
                     }
                     expect += 1;
-                    any_commit |= r.info.kind == crate::spool::format::RecordKind::Commit;
+                    any_commit |= r.info.kind == RecordKind::Commit;
                 }
                 add_records(&mut writes, records, Some(file.clone()));
                 if let Some(r) = records.last() {
@@ -322,13 +352,17 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
 
     let applied = match &last_record {
         Some(r) => applied_after(r),
-        // Nothing replayed: the chain data of S is unknown, so the next record is not checked
-        // against it (mode_kind 0).
+        // Nothing replayed: the backup is the copy, so the next record is checked against the
+        // source state the copy showed, and so is the source while idle (`source_changed`): a
+        // change made without spoolvfs during or after the copy is found at once, instead of
+        // going unseen until our next record.
         None => AppliedState {
             seq: s.seq,
             pos: s.pos,
             sealed_us: s.sealed_us,
-            ..AppliedState::default()
+            token: copied.token,
+            mode_kind: ((copied.mode as u64) << 8) | RecordKind::Commit as u64,
+            wal_frames: copied.wal_frames,
         },
     };
     c.state.control.publish_applied(applied);
@@ -348,6 +382,13 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     c.trim_before(c.cursor.at.segment);
     let _ = std::fs::remove_file(&scratch_path);
     Ok(true)
+}
+
+/// The chain data (see `chain_check`) of the source state a resync copied.
+struct CopiedState {
+    mode: SourceMode,
+    token: u64,
+    wal_frames: u64,
 }
 
 /// Records read from one segment file.

@@ -199,6 +199,24 @@ fn uri_names(name: *const c_char) -> Vec<String> {
     out
 }
 
+/// Says, in the database's `spool_status` and SQLite's log, that a WAL is passed through
+/// uncaptured (see `open_tracked`) and what that costs.
+fn report_untracked_wal(wal_name: Option<String>) {
+    let wal = wal_name.unwrap_or_default();
+    let msg = format!(
+        "{wal}: opened by a connection whose database file is not spool's own (a VFS layered \
+         above spool, or SQLite older than 3.32): its WAL commits are not captured; the backup \
+         gets them by a resync once the consumer sees them in the source"
+    );
+    let state = wal
+        .strip_suffix("-wal")
+        .and_then(|db| crate::dbstate::registry::find(std::path::Path::new(db)));
+    match state {
+        Some(state) => state.report_error(msg),
+        None => super::vfs::warn(&msg),
+    }
+}
+
 fn uri_param(name: *const c_char, key: &str) -> Option<String> {
     let f = api()?.uri_parameter?;
     let k = std::ffi::CString::new(key).ok()?;
@@ -207,6 +225,12 @@ fn uri_param(name: *const c_char, key: &str) -> Option<String> {
     // SAFETY: null or a NUL-terminated string inside SQLite's filename buffer.
     unsafe { c_str(v) }
 }
+
+/// A file-control opcode of our own: answered by spool's files with the spool file object itself
+/// (`arg` is a `sqlite3_file**` to fill in). A VFS layered above spool forwards opcodes it does not
+/// know, so this finds spool's file under any stack, where `SQLITE_FCNTL_FILE_POINTER` returns the
+/// top-level file. Any other VFS answers SQLITE_NOTFOUND. The value spells "SPOL".
+pub const SPOOL_FCNTL_FILE: c_int = 0x5350_4F4C;
 
 /// Opens a main database, its WAL or its rollback journal with tracking.
 ///
@@ -245,6 +269,18 @@ pub unsafe fn open_tracked(
         // SAFETY: opening straight into SQLite's buffer, as for untracked files.
         return unsafe { open(root, name, file, flags, out_flags) };
     }
+    if role == Role::Wal && state.is_none() {
+        // The pager's database file is not one of ours: another VFS sits between SQLite and
+        // spool (a tracing or checksum shim, SQLite's test VFS), or the host predates 3.32. We
+        // cannot tell which of our connections this WAL belongs to, so its frames are not
+        // captured. Refusing the open would make the database unusable in WAL mode; instead the
+        // WAL is passed through, and its commits reach the backup the way writes made without
+        // spoolvfs do: the consumer finds them (committed frames the spool lacks) and resyncs.
+        // SAFETY: `name` is the WAL's NUL-terminated filename, as this function requires.
+        report_untracked_wal(unsafe { c_str(name) });
+        // SAFETY: opening straight into SQLite's buffer, as for untracked files.
+        return unsafe { open(root, name, file, flags, out_flags) };
+    }
     // SAFETY: the real file sits inside SQLite's buffer (szOsFile includes it); args unchanged.
     let rc = unsafe { open(root, name, real(file), flags, out_flags) };
     if rc != SQLITE_OK {
@@ -259,9 +295,7 @@ pub unsafe fn open_tracked(
         match state {
             Some(s) => (s, role),
             None => {
-                // A WAL of a database not opened through spool (should not happen): close it and
-                // report, rather than guess.
-                super::vfs::warn("WAL opened without a tracked main database");
+                // Both roles without a state returned above; kept total rather than trusted.
                 // SAFETY: the real file is open; close it since we will not hand it out.
                 unsafe { ((*real_m).xClose.unwrap_or(noop_close))(real(file)) };
                 return SQLITE_CANTOPEN;
@@ -435,6 +469,9 @@ unsafe extern "C" fn x_close(f: *mut sqlite3_file) -> c_int {
             // SAFETY: from Arc::into_raw in open_tracked; the count is owned by this file.
             let state = unsafe { Arc::from_raw(state) };
             if role == Role::MainDb {
+                capture(&state, f as ConnId, true, |c| {
+                    c.on_connection_close(f as ConnId)
+                });
                 registry::release(&state);
             }
         }
@@ -611,6 +648,14 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
     guard(SQLITE_NOTFOUND, || {
         // SAFETY: opened wrapper.
         let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
+        if op == SPOOL_FCNTL_FILE {
+            if arg.is_null() {
+                return SQLITE_NOTFOUND;
+            }
+            // SAFETY: for our opcode `arg` is a `sqlite3_file**` (see the constant's contract).
+            unsafe { *(arg as *mut *mut sqlite3_file) = f };
+            return SQLITE_OK;
+        }
         if role == Role::MainDb && (op == SQLITE_FCNTL_CKPT_START || op == SQLITE_FCNTL_CKPT_DONE) {
             let started = (op == SQLITE_FCNTL_CKPT_START) as u32;
             // SAFETY: opened wrapper; our own field, used only under this connection's mutex.

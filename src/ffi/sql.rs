@@ -67,7 +67,24 @@ fn state_of_ctx(ctx: *mut sqlite3_context) -> Result<Arc<DbState>, String> {
         return Err("cannot reach the main database file".into());
     }
     // SAFETY: null or the live top-level file object of "main".
-    unsafe { io::state_of_file(file) }
+    if let Some(state) = unsafe { io::state_of_file(file) } {
+        return Ok(state);
+    }
+    // A VFS layered above spool: ask down the stack for spool's own file.
+    let mut ours: *mut sqlite3_file = std::ptr::null_mut();
+    // SAFETY: our opcode writes a `sqlite3_file*` into `ours`; other VFSes leave it untouched.
+    let rc = unsafe {
+        fc(
+            db,
+            c"main".as_ptr(),
+            io::SPOOL_FCNTL_FILE,
+            &mut ours as *mut _ as *mut c_void,
+        )
+    };
+    // SAFETY: null, or the live spool file object of "main" that answered our opcode.
+    (rc == SQLITE_OK)
+        .then(|| unsafe { io::state_of_file(ours) })
+        .flatten()
         .ok_or_else(|| "the main database was not opened with vfs=spool (spoolvfs)".to_string())
 }
 

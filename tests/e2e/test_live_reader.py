@@ -105,3 +105,41 @@ def test_two_writer_processes_share_one_backup(
     sh.assert_backup_converged(con, db, backup, f"two writers, {journal}, {stats}; {repro}")
     assert_reader_stats(stats, repro)
     assert sh.scalar(con, "SELECT txn_no FROM counter") == committed, "lost transactions"
+
+
+@pytest.mark.parametrize("reader_lib", ["apsw", "sqlite3"])
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_reader_in_the_same_process_holds_the_apply_back(
+    connections, tmp_path, repro, journal, reader_lib
+):
+    """An application that reads its backup in its own process (the same SQLite library as its
+    writer, or another one) gets the isolation of any SQLite reader: while its read transaction is
+    open no apply touches the backup, and it sees one state throughout. The consumer must never
+    close a descriptor of the backup, which would drop the reader's POSIX lock."""
+    import sqlite3
+    import time
+
+    import apsw
+
+    ctx = f"{journal}, reader {reader_lib}; {repro}"
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode=journal)
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    con.execute("INSERT INTO t(v) VALUES(randomblob(500))")
+    assert sh.spool_sync(con) == 1, f"initial spool_sync [{ctx}]"
+    if reader_lib == "apsw":
+        reader = apsw.Connection(str(backup), flags=apsw.SQLITE_OPEN_READONLY)
+    else:
+        reader = sqlite3.connect(f"file:{backup}?mode=ro", uri=True, isolation_level=None)
+    reader.execute("BEGIN")
+    seen = reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchall()
+    for _ in range(20):
+        con.execute("INSERT INTO t(v) VALUES(randomblob(700))")
+    time.sleep(0.5)  # ample time for applies (group commit waits ~8 ms)
+    st = sh.spool_status(con)
+    again = reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchall()
+    assert again == seen, f"the reader's snapshot changed inside its transaction [{ctx}]"
+    assert st["pending"] >= 1, f"an apply went ahead under an open reader: {st} [{ctx}]"
+    reader.execute("COMMIT")
+    reader.close()
+    sh.assert_backup_converged(con, db, backup, ctx)

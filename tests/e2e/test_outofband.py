@@ -281,3 +281,61 @@ def test_backup_modified_with_plain_sqlite(connections, tmp_path, rng, repro, jo
         f"expected the foreign UPDATE on the backup to be undone [{ctx}]"
     )
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_write_without_spoolvfs_behind_a_pending_record_is_caught_by_sync(
+    connections, sqlite3_cli, tmp_path, rng, repro, journal
+):
+    """spool_sync covers writes made without spoolvfs before the call, also when a record of
+    ours is still waiting to be applied: applying that record must not count as having looked at
+    the source. A reader of the backup holds the consumer inside the apply of an earlier record,
+    so the next record is surely pending, and not yet looked at, when the shell writes after it
+    and spool_sync is called."""
+    import threading
+    import time
+
+    ctx = f"{journal}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    resyncs0 = sh.spool_status(con)["resyncs"]
+    reader = sqlite3.connect(backup, timeout=30, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchall()  # SHARED on the backup: no apply
+    a_writes(con, rng, 1)
+    time.sleep(0.2)  # the consumer takes that record and waits for the backup's lock
+    a_writes(con, rng, 1)
+    assert sh.spool_status(con)["pending"] >= 2, f"expected pending records [{ctx}]"
+    cli(sqlite3_cli, db, "UPDATE t SET k = -7 WHERE id % 5 = 0;")
+    release = threading.Timer(0.5, reader.rollback)
+    release.start()
+    try:
+        assert sh.spool_sync(con, 30000) == 1, f"spool_sync timed out [{ctx}]"
+    finally:
+        release.join()
+        reader.close()
+    # Compared right after that one call: a later spool_sync would look at the source anyway.
+    source_rows, backup_rows = sh.logical_rows(con), sh.logical_dump(backup)
+    assert source_rows == backup_rows, (
+        "spool_sync returned 1 before the write made without spoolvfs reached the backup: "
+        f"{sh.describe_logical_diff(source_rows, backup_rows)} [{ctx}]"
+    )
+    assert_foreign_write_repaired(con, db, backup, resyncs0, "a write behind a record", ctx)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_write_without_spoolvfs_right_after_a_resync_is_caught(
+    connections, sqlite3_cli, tmp_path, rng, repro, journal
+):
+    """After a resync that replayed no record, the backup is a copy of the source; a write made
+    without spoolvfs right after it must be found (by comparing the source with the state the
+    copy showed), not wait for our next record to expose it."""
+    ctx = f"{journal}; {repro}"
+    db, backup, con = setup(connections, tmp_path, journal)
+    assert sh.scalar(con, "SELECT spool_resync()") == 1, f"spool_resync() failed [{ctx}]"
+    resyncs0 = sh.spool_status(con)["resyncs"]
+    cli(
+        sqlite3_cli,
+        db,
+        "INSERT INTO t(k, v) VALUES(-3, zeroblob(700)); DELETE FROM t WHERE id < 9;",
+    )
+    assert_foreign_write_repaired(con, db, backup, resyncs0, "a write right after a resync", ctx)
