@@ -28,35 +28,17 @@ case "${1:-}" in
   --full | "") ;;
   *) echo "usage: scripts/bench.sh [--quick|--full]" >&2; exit 64 ;;
 esac
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 work=${BENCH_DIR:-target/bench}
 mkdir -p "$work" target/c bench
 
-# The first Debian archive URI in the system's apt sources (the suite is chosen separately).
-debian_mirror() {
-  cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-    2>/dev/null |
-    awk '/^URIs:/ {print $2} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) print $i}' |
-    grep -m 1 -E '/debian/?$' || true
-}
-
-# build_rsync DIR: download the `sqlite3` source package of Debian unstable with apt (a private
-# source list and cache in DIR: the system's apt configuration is not touched) and build only the
-# sqlite3_rsync tool from it into DIR/sqlite3_rsync. ~15 MB download, ~1-2 min of CPU.
+# build_rsync DIR: build only the sqlite3_rsync tool from the `sqlite3` source package of Debian
+# unstable (fetch_sqlite_source, scripts/lib.sh) into DIR/sqlite3_rsync. ~15 MB download, ~1-2 min
+# of CPU.
 build_rsync() {
-  local dir=$1 mirror apt_opts src
-  mirror=$(debian_mirror)
-  [ -n "$mirror" ] || { echo "no Debian archive in the apt sources" >&2; return 1; }
-  rm -rf "$dir/apt" "$dir/src"
-  mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/src"
-  echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror sid main" \
-    >"$dir/apt/sources.list"
-  apt_opts=(-o "Dir::Etc::SourceList=$(realpath "$dir/apt/sources.list")"
-    -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$(realpath "$dir/apt/lists")"
-    -o "Dir::Cache=$(realpath "$dir/apt/cache")" -o APT::Sandbox::User=root)
-  apt-get "${apt_opts[@]}" -qq update
-  (cd "$dir/src" && apt-get "${apt_opts[@]}" -qq source --download-only sqlite3)
-  tar -C "$dir/src" -xJf "$(ls "$dir"/src/sqlite3_*.orig.tar.xz)"
-  src=$(ls -d "$dir"/src/sqlite3-*/)
+  local dir=$1 src
+  src=$(fetch_sqlite_source "$dir") || return 1
   (cd "$src" && ./configure >../configure.log 2>&1 && make sqlite3_rsync >../make.log 2>&1)
   cp "$src/sqlite3_rsync" "$dir/sqlite3_rsync"
   rm -rf "$dir/apt" "$dir/src"
