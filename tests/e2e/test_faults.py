@@ -437,7 +437,10 @@ def test_close_while_the_consumer_reports_errors_does_not_hang(
     bank.create()
     assert child.sync() == 1, f"expected spool_sync(30000) = 1 before any fault [{repro}]"
     faults.write_text("backup_eio\n")
-    bank.transfer()
+    # A committed transaction, so that the drain has a record to (fail to) apply: about one
+    # transfer in nine rolls back, commits nothing and leaves nothing to report.
+    while bank.transfer() == "rollback":
+        pass
     rc, err = child.close(timeout=60)
     assert rc == 0 and "panicked" not in err, (
         f"expected a clean exit, got {rc}: {err[-2000:]} [{repro}]"
