@@ -203,7 +203,14 @@ impl DbState {
     /// taken mid-transaction, or a transaction whose end was missed), which a resync would
     /// otherwise wait on forever. Checked under the capture lock, which every transaction start
     /// takes, so a transaction that is starting is never mistaken for a stale one.
+    ///
+    /// Not while another state of the same database lives in this process (the database was
+    /// reopened while this one drained): its transaction would look stale from here.
     pub fn clear_stale_own_txn_owner(&self) -> bool {
+        let successor = registry::find(&self.cfg.db).is_some_and(|s| !std::ptr::eq(&*s, self));
+        if successor {
+            return false;
+        }
         let cap = lock(&self.capture);
         let pid = std::process::id() as u64;
         cap.idle() && self.control.txn_owner() == pid && self.control.clear_txn_owner_if(pid)
