@@ -49,6 +49,9 @@ pub use resync::SourceReader;
 const MAX_BATCH_PAGES: usize = 16_384;
 /// How long an apply waits for readers of the backup to let go.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive failed steps after which the drain of a last close gives up before `drain_ms`
+/// (retries are paced 50, 100, 150, 200 ms: about half a second).
+const DRAIN_MAX_FAILURES: u32 = 5;
 /// Idle tick: heartbeat, takeover polling, retry pacing; the longest a parked consumer sleeps.
 const TICK: Duration = Duration::from_millis(50);
 /// Poll interval of the shared tail while records are flowing (no wake-ups from writers then).
@@ -344,10 +347,13 @@ impl Consumer {
             return false;
         };
         // A passive consumer has nothing to drain; the active one drains until caught up, or
-        // until nothing more can happen before the next open.
+        // until nothing more can happen before the next open: the drain is blocked, or its steps
+        // keep failing (a source or backup that cannot be read or written now will not be in the
+        // next few seconds either; what is left stays in the spool for whoever opens next).
         self.lock_file.is_none()
             || self.caught_up()
             || self.drain_blocked
+            || self.failures >= DRAIN_MAX_FAILURES
             || Instant::now() >= stop_by
     }
 
