@@ -257,12 +257,12 @@ impl Capture {
         }
     }
 
-    /// True while a transaction of this process has captured writes that are not sealed yet.
     /// No connection of this process has a transaction open or claimed.
     pub fn idle(&self) -> bool {
         self.txn_conn.is_none() && !self.txn_open()
     }
 
+    /// True while a transaction of this process has captured writes that are not sealed yet.
     pub fn txn_open(&self) -> bool {
         self.rollback.active || self.wal.first_slot.is_some()
     }

@@ -15,6 +15,16 @@ pub fn now_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// Tests only: an empty directory `spoolvfs-<tag>-<pid>-<name>` under the system's temp dir
+/// (what was there from an earlier run is removed).
+#[cfg(test)]
+pub fn fresh_test_dir(tag: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("spoolvfs-{tag}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Escapes `s` as a JSON string literal (with quotes).
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -128,9 +128,7 @@ mod tests {
     use crate::wal::tests::build_wal;
 
     fn setup(name: &str) -> (Control, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!("spoolvfs-walend-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::util::fresh_test_dir("walend", name);
         (Control::open(&d.join("spool")).unwrap(), d.join("db-wal"))
     }
 

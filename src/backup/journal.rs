@@ -358,10 +358,7 @@ mod tests {
     use super::*;
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spoolvfs-jrnl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::util::fresh_test_dir("jrnl", name)
     }
 
     fn rw(p: &Path) -> File {

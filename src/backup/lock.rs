@@ -288,10 +288,7 @@ mod tests {
     use std::process::{Command, Stdio};
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spoolvfs-lock-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::util::fresh_test_dir("lock", name)
     }
 
     fn open(p: &Path) -> File {

@@ -217,33 +217,12 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         Some(pages) => pages as u64 * page_size as u64,
         None => n_pages * page_size as u64,
     };
-    let mut source_is_wal = dbheader::is_wal_format(&page1);
-    // The source state the copy shows, in the terms of a record's chain data: what the backup
-    // equals if no record is replayed below. Rollback: the change counter read before the copy
-    // (a commit during it, ours or not, changes it). WAL: the generation and committed frames
-    // overlaid (a later commit adds frames).
-    let mut copied = CopiedState {
-        mode: if source_is_wal {
-            SourceMode::Wal
-        } else {
-            SourceMode::Rollback
-        },
-        token: if source_is_wal {
-            wal_before.map_or(0, |h| h.salts())
-        } else {
-            dbheader::change_counter(&page1).unwrap_or(0) as u64
-        },
-        wal_frames: 0,
-    };
+    // The WAL generation and committed frames overlaid on the copy, if any.
+    let mut overlaid: Option<(u64, u64)> = None;
     if let Ok(wal_file) = File::open(&wal_path) {
         let committed = wal::scan_committed(&wal_file).map_err(io_err("scanning the WAL"))?;
         if let (Some(h), Some(db_pages)) = (committed.header, committed.db_pages) {
-            source_is_wal = true;
-            copied = CopiedState {
-                mode: SourceMode::Wal,
-                token: h.salts(),
-                wal_frames: committed.committed_frames,
-            };
+            overlaid = Some((h.salts(), committed.committed_frames));
             page_size = h.page_size;
             let mut frame = vec![0u8; h.page_size as usize];
             let mut pages: Vec<_> = committed
@@ -272,6 +251,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             final_size = db_pages as u64 * h.page_size as u64;
         }
     }
+    let source_is_wal = overlaid.is_some() || dbheader::is_wal_format(&page1);
     let wal_after = wal::header_at(&wal_path);
     let same_wal = |a: Option<WalHeader>, b: Option<WalHeader>| match (a, b) {
         (None, None) => true,
@@ -350,6 +330,18 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let bump = source_is_wal || any_commit;
     c.apply_sized(writes, final_size, page_size, bump, started)?;
 
+    // The source state the copy shows, in the terms of a record's chain data: what the backup
+    // equals if no record was replayed. Rollback: the change counter read before the copy (a
+    // commit during it, ours or not, changes it). WAL: the generation and committed frames
+    // overlaid (a later commit adds frames).
+    let (mode, token, wal_frames) = match overlaid {
+        Some((salts, frames)) => (SourceMode::Wal, salts, frames),
+        None if source_is_wal => (SourceMode::Wal, wal_before.map_or(0, |h| h.salts()), 0),
+        None => {
+            let counter = dbheader::change_counter(&page1).unwrap_or(0);
+            (SourceMode::Rollback, counter as u64, 0)
+        }
+    };
     let applied = match &last_record {
         Some(r) => applied_after(r),
         // Nothing replayed: the backup is the copy, so the next record is checked against the
@@ -360,9 +352,9 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             seq: s.seq,
             pos: s.pos,
             sealed_us: s.sealed_us,
-            token: copied.token,
-            mode_kind: ((copied.mode as u64) << 8) | RecordKind::Commit as u64,
-            wal_frames: copied.wal_frames,
+            token,
+            mode_kind: ((mode as u64) << 8) | RecordKind::Commit as u64,
+            wal_frames,
         },
     };
     c.state.control.publish_applied(applied);
@@ -382,13 +374,6 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     c.trim_before(c.cursor.at.segment);
     let _ = std::fs::remove_file(&scratch_path);
     Ok(true)
-}
-
-/// The chain data (see `chain_check`) of the source state a resync copied.
-struct CopiedState {
-    mode: SourceMode,
-    token: u64,
-    wal_frames: u64,
 }
 
 /// Records read from one segment file.

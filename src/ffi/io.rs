@@ -127,7 +127,7 @@ pub unsafe fn is_ours(f: *const sqlite3_file) -> bool {
     std::ptr::eq(m, &IO_V1) || std::ptr::eq(m, &IO_V2) || std::ptr::eq(m, &IO_V3)
 }
 
-/// The database state behind a file returned by `SQLITE_FCNTL_FILE_POINTER`, if it is ours.
+/// The database state behind a file object (one that answered `SPOOL_FCNTL_FILE`), if it is ours.
 ///
 /// # Safety
 /// `f` must be null or point to a live `sqlite3_file`.
@@ -646,8 +646,6 @@ unsafe extern "C" fn x_check_reserved_lock(f: *mut sqlite3_file, out: *mut c_int
 
 unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     guard(SQLITE_NOTFOUND, || {
-        // SAFETY: opened wrapper.
-        let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
         if op == SPOOL_FCNTL_FILE {
             if arg.is_null() {
                 return SQLITE_NOTFOUND;
@@ -656,6 +654,8 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             unsafe { *(arg as *mut *mut sqlite3_file) = f };
             return SQLITE_OK;
         }
+        // SAFETY: opened wrapper.
+        let (state, role, conn) = unsafe { (state_of(f), role_of(f), conn_of(f)) };
         if role == Role::MainDb && (op == SQLITE_FCNTL_CKPT_START || op == SQLITE_FCNTL_CKPT_DONE) {
             let started = (op == SQLITE_FCNTL_CKPT_START) as u32;
             // SAFETY: opened wrapper; our own field, used only under this connection's mutex.

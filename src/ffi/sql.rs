@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libsqlite3_sys::{
-    SQLITE_DETERMINISTIC, SQLITE_FCNTL_FILE_POINTER, SQLITE_OK, SQLITE_ROW, SQLITE_UTF8, sqlite3,
-    sqlite3_api_routines, sqlite3_context, sqlite3_file, sqlite3_stmt, sqlite3_value,
+    SQLITE_DETERMINISTIC, SQLITE_OK, SQLITE_ROW, SQLITE_UTF8, sqlite3, sqlite3_api_routines,
+    sqlite3_context, sqlite3_file, sqlite3_stmt, sqlite3_value,
 };
 
 use super::{api, c_str, guard, io};
@@ -53,24 +53,8 @@ fn state_of_ctx(ctx: *mut sqlite3_context) -> Result<Arc<DbState>, String> {
     let fc = a.file_control.ok_or("host lacks sqlite3_file_control")?;
     // SAFETY: live context.
     let db = unsafe { db_handle(ctx) };
-    let mut file: *mut sqlite3_file = std::ptr::null_mut();
-    // SAFETY: FILE_POINTER writes the top-level sqlite3_file* of "main" into `file`.
-    let rc = unsafe {
-        fc(
-            db,
-            c"main".as_ptr(),
-            SQLITE_FCNTL_FILE_POINTER,
-            &mut file as *mut _ as *mut c_void,
-        )
-    };
-    if rc != SQLITE_OK {
-        return Err("cannot reach the main database file".into());
-    }
-    // SAFETY: null or the live top-level file object of "main".
-    if let Some(state) = unsafe { io::state_of_file(file) } {
-        return Ok(state);
-    }
-    // A VFS layered above spool: ask down the stack for spool's own file.
+    // Our own opcode, not SQLITE_FCNTL_FILE_POINTER: that gives the top-level file, which is not
+    // spool's when a VFS is layered above it; spool's file answers ours under any stack.
     let mut ours: *mut sqlite3_file = std::ptr::null_mut();
     // SAFETY: our opcode writes a `sqlite3_file*` into `ours`; other VFSes leave it untouched.
     let rc = unsafe {
