@@ -54,6 +54,8 @@ run_one() {
     args=("$work/tests/$name.test")
   fi
   (cd "$dir" && timeout 1800 "$work/testfixture" "${args[@]}" >log 2>&1) || true
+  # Keep the log only: the databases, backups and spools the tests leave add up to GBs.
+  find "$dir" -mindepth 1 -maxdepth 1 ! -name log -exec rm -rf {} +
   if grep -q "errors out of" "$dir/log"; then
     printf '%s %s %s\n' "$name" "$mode" \
       "$(grep -h '^!Failures on these tests:' "$dir/log" | sed 's/^!Failures on these tests://')"
