@@ -1,10 +1,12 @@
 //! Appending captured transactions to the shared segment stream. Runs inside SQLite's VFS calls,
-//! on the writer's hot path, so the common case is a memcpy: a segment is preallocated
-//! (`fallocate`) and mapped `MAP_SHARED` (memmap2), and entries are copied straight into the
-//! mapping; sealing publishes the new tail in the control file, with no syscall at all. The page
-//! faults of first touches are taken off the commit path too: the consumer thread of the same
-//! process populates the window ahead of the write position (`maintenance`,
-//! `MADV_POPULATE_WRITE`) before the writer gets there. Data in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process; only
+//! on the writer's hot path, so the common case is a memcpy: a segment is mapped `MAP_SHARED`
+//! (memmap2), its blocks are reserved (`fallocate`) a few MiB ahead of the write position, and
+//! entries are copied straight into the mapping; sealing publishes the new tail in the control
+//! file, with no syscall at all. The syscalls and page faults that keep this possible are taken
+//! off the commit path: the consumer thread of the same process grows the reservation and
+//! populates the window ahead of the write position (`maintenance`, `MADV_POPULATE_WRITE`) before
+//! the writer gets there. Reserving as the stream grows, not the whole segment at once, keeps
+//! the spool's disk footprint near what it holds (a few MiB for a quiet database, not 68). Data in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process; only
 //! `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
 //!
 //! All processes append to one stream. That is safe without a lock of our own because every
@@ -18,10 +20,12 @@
 //! - Bytes past the published tail are garbage (an aborted or crashed transaction) that the next
 //!   transaction overwrites; readers never read past the published tail of the tail segment.
 //! - Only bytes whose blocks `fallocate` reserved are ever written through the mapping: a store
-//!   into a mapped hole on a full filesystem raises SIGBUS and would kill the application. Without
-//!   a reservation (full disk, a filesystem without fallocate) and past the reserved capacity
-//!   (a transaction larger than the rest of the segment) the writer uses `pwrite`, whose errors
-//!   are ordinary `ENOSPC`/`EIO` results.
+//!   into a mapped hole on a full filesystem (or past the end of the file) raises SIGBUS and
+//!   would kill the application. `Reservation::reserved` only grows, and only after the
+//!   `fallocate` that covers it returned. Where no reservation could be made (full disk, a
+//!   filesystem without fallocate) and past the mapping (a transaction larger than the rest of
+//!   the segment) the writer uses `pwrite`, whose errors are ordinary `ENOSPC`/`EIO` results.
+//! - Segment files are never shortened: another process may have the same file mapped.
 //! - Memory: the writer holds no buffer; pages it wrote through the mapping are dropped from the
 //!   process's page tables every few MiB (`MADV_DONTNEED`; the data stays in the page cache), so
 //!   neither a huge transaction nor a long run grows the resident set. The consumer thread does
@@ -36,8 +40,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 
@@ -54,6 +58,12 @@ const RELEASE_EVERY: u64 = 2 << 20;
 const RELEASE_HARD_LIMIT: u64 = 16 << 20;
 /// How far ahead of the write position the mapping is kept populated.
 const PREFAULT_WINDOW: u64 = 4 << 20;
+/// How far ahead of the write position blocks are kept reserved (at least the prefault window:
+/// only reserved bytes may be touched).
+const RESERVE_AHEAD: u64 = 2 * PREFAULT_WINDOW;
+/// Reservations grow in steps of this much, so that a stream of small transactions costs one
+/// `fallocate` every few MiB.
+const RESERVE_STEP: u64 = 1 << 20;
 
 /// Where a sealed transaction ends: readers may read `segment` up to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,12 +72,64 @@ pub struct SealedPos {
     pub end: u64,
 }
 
+/// The blocks reserved for the start of a segment file. Shared with the consumer thread's upkeep
+/// job, which grows it off the commit path; the writer grows it itself only when it got there
+/// first.
+struct Reservation {
+    file: File,
+    /// `[0, reserved)` has blocks: only this part of the mapping may be written or populated.
+    reserved: AtomicU64,
+    /// The mapping's length, which the reservation never exceeds (0: no mapping, nothing to
+    /// reserve).
+    limit: u64,
+}
+
+impl Reservation {
+    fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Reserves blocks up to `end` (rounded up to `RESERVE_STEP`, at most `limit`). False if the
+    /// filesystem refused (full, or no fallocate): the part past the reservation then goes
+    /// through `pwrite`.
+    fn grow_to(&self, end: u64) -> bool {
+        let end = end
+            .div_ceil(RESERVE_STEP)
+            .saturating_mul(RESERVE_STEP)
+            .min(self.limit);
+        let have = self.reserved();
+        if end <= have {
+            return true;
+        }
+        if crate::faults::active("spool_reserve") {
+            return false;
+        }
+        // SAFETY: a valid fd; mode 0 allocates blocks for [have, end) and extends the file size
+        // to `end` if it was shorter. Two threads growing at once reserve overlapping ranges,
+        // which is harmless.
+        let ok = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                have as libc::off_t,
+                (end - have) as libc::off_t,
+            ) == 0
+        };
+        if ok {
+            self.reserved.fetch_max(end, Ordering::Release);
+        }
+        ok
+    }
+}
+
 /// The segment this process appends to.
 struct OpenSegment {
     no: u64,
-    file: File,
-    /// Mapping of the reserved (fallocated) start of the file, if the reservation succeeded.
-    /// Shared with the consumer thread only for its upkeep (`maintenance`).
+    /// The file and its reserved blocks.
+    space: Arc<Reservation>,
+    /// Mapping of the first `capacity` bytes of the file, of which only the reserved part may be
+    /// touched (`space`); `None` if no reservation could be made at all. Shared with the consumer
+    /// thread only for its upkeep (`maintenance`).
     map: Option<Arc<MmapRaw>>,
     /// Bytes of the mapping below this offset were released from our page tables.
     released: u64,
@@ -78,8 +140,9 @@ struct OpenSegment {
 }
 
 impl OpenSegment {
-    /// Opens segment `no` (creating it with its header when `create`) and maps its first
-    /// `capacity` bytes if they can be reserved. An existing segment whose header is not segment
+    /// Opens segment `no` (creating it with its header when `create`), maps its first `capacity`
+    /// bytes and reserves them up to `RESERVE_AHEAD` past `start`, where writing will begin; no
+    /// mapping if even that reservation fails. An existing segment whose header is not segment
     /// `no` in this version's format (a spool left by another version) is an `InvalidData`
     /// error, found before anything is reserved or mapped.
     fn open(
@@ -87,6 +150,7 @@ impl OpenSegment {
         no: u64,
         create: bool,
         capacity: u64,
+        start: u64,
     ) -> io::Result<OpenSegment> {
         std::fs::create_dir_all(dir)?;
         let file = OpenOptions::new()
@@ -106,19 +170,22 @@ impl OpenSegment {
                 ));
             }
         }
-        let map = if reserve(&file, capacity) {
-            memmap2::MmapOptions::new()
-                .len(capacity as usize)
-                .map_raw(&file)
-                .ok()
-                .map(Arc::new)
-        } else {
-            None
-        };
+        // The mapping may reach past the end of the file: only its reserved part is ever touched.
+        let map = usize::try_from(capacity)
+            .ok()
+            .and_then(|len| memmap2::MmapOptions::new().len(len).map_raw(&file).ok());
+        let space = Arc::new(Reservation {
+            file,
+            reserved: AtomicU64::new(0),
+            limit: if map.is_some() { capacity } else { 0 },
+        });
+        // Bytes before `start` were written (or reserved) by whoever wrote them; reserving from 0
+        // also covers them for this process's view, at the cost of walking allocated extents.
+        let map = map.filter(|_| space.grow_to(start.saturating_add(RESERVE_AHEAD)));
         let mut seg = OpenSegment {
             no,
-            file,
-            map,
+            space,
+            map: map.map(Arc::new),
             released: 0,
             write_pos: 0,
             populated_to: 0,
@@ -129,18 +196,33 @@ impl OpenSegment {
         Ok(seg)
     }
 
-    /// Writes `bytes` at `pos`: through the mapping where it covers them, with `pwrite` beyond.
+    /// How much of the mapping may be written for a write ending at `end`: the reserved part,
+    /// grown here first if the consumer's upkeep has not reached `end` yet.
+    fn writable_to(&self, end: u64) -> u64 {
+        if self.map.is_none() {
+            return 0;
+        }
+        let reserved = self.space.reserved();
+        if end <= reserved || reserved >= self.space.limit {
+            return reserved;
+        }
+        self.space.grow_to(end.saturating_add(RESERVE_AHEAD));
+        self.space.reserved()
+    }
+
+    /// Writes `bytes` at `pos`: through the mapping where it is reserved, with `pwrite` beyond.
     fn write_at(&mut self, pos: u64, bytes: &[u8]) -> io::Result<()> {
         if let Some(e) = crate::faults::io_error("spool_enospc", libc::ENOSPC) {
             return Err(e);
         }
-        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
-        let in_map = mapped.saturating_sub(pos).min(bytes.len() as u64) as usize;
+        let writable = self.writable_to(pos + bytes.len() as u64);
+        let in_map = writable.saturating_sub(pos).min(bytes.len() as u64) as usize;
         if let Some(m) = self.map.as_ref().filter(|_| in_map > 0) {
-            // SAFETY: [pos, pos + in_map) is inside the mapping (in_map is clamped to its length),
-            // whose blocks were reserved by fallocate, so the store cannot raise SIGBUS. Nobody
-            // else writes this range now: writers append only under the database's write lock,
-            // and the consumer reads segments with pread, never through this mapping.
+            // SAFETY: [pos, pos + in_map) is inside the reserved part of the mapping (in_map is
+            // clamped to it, and the reservation never exceeds the mapping's length), whose
+            // blocks fallocate allocated, so the store cannot raise SIGBUS. Nobody else writes
+            // this range now: writers append only under the database's write lock, and the
+            // consumer reads segments with pread, never through this mapping.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     bytes.as_ptr(),
@@ -150,22 +232,25 @@ impl OpenSegment {
             };
         }
         if in_map < bytes.len() {
-            self.file
+            self.space
+                .file
                 .write_all_at(&bytes[in_map..], pos + in_map as u64)?;
         }
         Ok(())
     }
 
     /// Writes `parts` back to back from `pos` (`len` bytes in all). The usual case, all of it
-    /// inside the mapping, is one bounds check and one copy per part.
+    /// inside the reserved mapping, is one atomic load, one bounds check and one copy per part.
     fn write_parts_at(&mut self, pos: u64, parts: &[&[u8]], len: u64) -> io::Result<()> {
-        let mapped = self.map.as_ref().map_or(0, |m| m.len() as u64);
         match self.map.as_ref() {
-            Some(m) if pos + len <= mapped && !crate::faults::active("spool_enospc") => {
+            Some(m)
+                if pos + len <= self.space.reserved() && !crate::faults::active("spool_enospc") =>
+            {
                 let mut at = pos as usize;
                 for p in parts {
-                    // SAFETY: [at, at + p.len()) lies inside [pos, pos + len), inside the mapping
-                    // (checked just above); the rest as in `write_at`.
+                    // SAFETY: [at, at + p.len()) lies inside [pos, pos + len), inside the
+                    // reserved part of the mapping (checked just above); the rest as in
+                    // `write_at`.
                     unsafe {
                         std::ptr::copy_nonoverlapping(p.as_ptr(), m.as_mut_ptr().add(at), p.len())
                     };
@@ -196,7 +281,7 @@ impl OpenSegment {
     /// Claims the written pages below `pos` for release once at least `min` bytes accumulated.
     fn claim_release(&mut self, pos: u64, min: u64) -> Option<MappedRange> {
         let map = self.map.as_ref()?;
-        let end = pos.min(map.len() as u64) & !(page_size() - 1);
+        let end = pos.min(self.space.reserved()) & !(page_size() - 1);
         if end < self.released + min {
             return None;
         }
@@ -212,14 +297,16 @@ impl OpenSegment {
     /// Makes `[start, end)` durable (durable mode only).
     fn sync(&self, start: u64, end: u64) -> io::Result<()> {
         if let Some(m) = self.map.as_deref() {
-            let lo = start.min(m.len() as u64) as usize;
-            let hi = end.min(m.len() as u64) as usize;
+            let reserved = self.space.reserved();
+            let lo = start.min(reserved) as usize;
+            let hi = end.min(reserved) as usize;
             if hi > lo {
                 m.flush_range(lo, hi - lo)?;
             }
         }
-        // Also covers bytes written with pwrite and the conversion of reserved blocks.
-        self.file.sync_data()
+        // Also covers bytes written with pwrite, the conversion of reserved blocks and the
+        // file size grown by the reservation.
+        self.space.file.sync_data()
     }
 }
 
@@ -234,21 +321,35 @@ fn page_size() -> u64 {
 }
 
 /// Mapping upkeep handed to the consumer thread (`SpoolWriter::maintenance`). The `Arc`s keep
-/// the mappings alive while it works on them without the capture lock.
+/// the mappings and files alive while it works on them without the capture lock.
 #[derive(Default)]
 pub struct Maintenance {
-    pub populate: Option<MappedRange>,
-    pub release: Option<MappedRange>,
+    /// The reservation to grow to the given end before the window is populated.
+    reserve: Option<(Arc<Reservation>, u64)>,
+    populate: Option<MappedRange>,
+    release: Option<MappedRange>,
 }
 
 impl Maintenance {
-    /// Does the upkeep: drops the written pages, faults in the window ahead.
+    /// Does the upkeep: drops the written pages, reserves and faults in the window ahead (as far
+    /// as the reservation got: only reserved bytes may be touched).
     pub fn run(self) {
         if let Some(r) = self.release {
             r.release();
         }
-        if let Some(p) = self.populate {
-            p.populate();
+        let reserved = match &self.reserve {
+            Some((space, end)) => {
+                space.grow_to(*end);
+                space.reserved()
+            }
+            None => u64::MAX,
+        };
+        if let Some(mut p) = self.populate {
+            let end = ((p.offset + p.len) as u64).min(reserved) & !(page_size() - 1);
+            if end > p.offset as u64 {
+                p.len = (end - p.offset as u64) as usize;
+                p.populate();
+            }
         }
     }
 }
@@ -276,9 +377,10 @@ impl MappedRange {
     }
 
     fn advise(&self, advice: libc::c_int) {
-        // SAFETY: [offset, offset + len) lies inside the mapping (`maintenance` and
-        // `claim_release` clamp it to the mapping's length), which the Arc keeps alive. Neither
-        // advice used here changes the mapped file's contents (see `populate` and `release`).
+        // SAFETY: [offset, offset + len) lies inside the reserved part of the mapping
+        // (`Maintenance::run` and `claim_release` clamp it to the reservation, which never
+        // exceeds the mapping's length), which the Arc keeps alive. Neither advice used here
+        // changes the mapped file's contents (see `populate` and `release`).
         unsafe {
             libc::madvise(
                 self.map.as_mut_ptr().add(self.offset) as *mut libc::c_void,
@@ -287,12 +389,6 @@ impl MappedRange {
             )
         };
     }
-}
-
-/// Reserves blocks for the first `len` bytes of `file` (extending it); false if impossible.
-fn reserve(file: &File, len: u64) -> bool {
-    // SAFETY: a valid fd; mode 0 allocates blocks for the range and extends the file size.
-    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) == 0 }
 }
 
 /// The open transaction: where it started and how much of it was written.
@@ -329,8 +425,9 @@ impl SpoolWriter {
     }
 
     /// The mapping upkeep that the consumer thread does for the writer, outside the capture
-    /// lock: the next part of the mapping to populate ahead of the write position (if a good
-    /// part of the window is missing) and the written pages to release behind it.
+    /// lock: the reservation to grow ahead of the write position (once less than half of
+    /// `RESERVE_AHEAD` is left), the next part of the mapping to populate (if a good part of the
+    /// window is missing) and the written pages to release behind it.
     pub fn maintenance(&mut self) -> Maintenance {
         let Some(seg) = self.seg.as_mut() else {
             return Maintenance::default();
@@ -339,6 +436,10 @@ impl SpoolWriter {
         let Some(map) = seg.map.as_ref() else {
             return Maintenance::default();
         };
+        let reserve_end = (seg.write_pos + RESERVE_AHEAD).min(seg.space.limit);
+        let reserve = (seg.space.reserved() < seg.write_pos + RESERVE_AHEAD / 2
+            && seg.space.reserved() < reserve_end)
+            .then(|| (seg.space.clone(), reserve_end));
         let len = map.len() as u64;
         let page = page_size();
         let from = seg.populated_to.max(seg.write_pos) & !(page - 1);
@@ -353,7 +454,11 @@ impl SpoolWriter {
                 len: (to - from) as usize,
             })
         };
-        Maintenance { populate, release }
+        Maintenance {
+            reserve,
+            populate,
+            release,
+        }
     }
 
     fn capacity(&self) -> u64 {
@@ -374,10 +479,11 @@ impl SpoolWriter {
         // Rotation happens only between transactions: no transaction spans two segments.
         let rotate = tail.segment == 0
             || tail.end >= self.rotate_at
-            || !self.open_tail(tail.segment, capacity)?;
+            || !self.open_tail(tail.segment, capacity, tail.end)?;
         let (segment, start) = if rotate {
             let next = tail.segment + 1;
-            self.seg = Some(OpenSegment::open(&self.dir, next, true, capacity)?);
+            let start = SEGMENT_HEADER_LEN as u64;
+            self.seg = Some(OpenSegment::open(&self.dir, next, true, capacity, start)?);
             (next, SEGMENT_HEADER_LEN as u64)
         } else {
             (tail.segment, tail.end)
@@ -399,11 +505,11 @@ impl SpoolWriter {
     /// later record in a segment the reader rejects, one resync after another until rotation. The
     /// stream moves on to a new segment instead, and the consumer resyncs once for the tail it
     /// cannot read.
-    fn open_tail(&mut self, no: u64, capacity: u64) -> io::Result<bool> {
+    fn open_tail(&mut self, no: u64, capacity: u64, end: u64) -> io::Result<bool> {
         if self.seg.as_ref().is_some_and(|s| s.no == no) {
             return Ok(true);
         }
-        match OpenSegment::open(&self.dir, no, false, capacity) {
+        match OpenSegment::open(&self.dir, no, false, capacity, end) {
             Ok(seg) => {
                 self.seg = Some(seg);
                 Ok(true)
@@ -501,5 +607,131 @@ impl SpoolWriter {
     /// next transaction overwrites.
     pub fn abort(&mut self) {
         self.txn = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::{RecordKind, SourceMode};
+    use super::super::reader::SegmentReader;
+    use super::*;
+
+    const ROTATE_AT: u64 = 64 << 20;
+
+    fn commit(n_pages: u32) -> CommitInfo {
+        CommitInfo {
+            kind: RecordKind::Commit,
+            mode: SourceMode::Rollback,
+            page_size: 4096,
+            db_size: 4096,
+            n_pages,
+            sealed_us: 1,
+            token: 2,
+            wal_frames: 0,
+            wal_first_frame: 0,
+        }
+    }
+
+    fn file_len(dir: &std::path::Path, no: u64) -> u64 {
+        std::fs::metadata(segment_path(dir, no)).unwrap().len()
+    }
+
+    /// A page image that says where it belongs, so a misplaced byte is caught.
+    fn page(n: u64) -> Vec<u8> {
+        (0..4096u64).map(|i| (i * 31 + n * 7) as u8).collect()
+    }
+
+    /// Seals `n` transactions of `pages` pages each, numbered from `first`.
+    fn write_txns(w: &mut SpoolWriter, c: &Control, first: u64, n: u64, pages: u64) -> u64 {
+        let mut no = first;
+        for _ in 0..n {
+            for _ in 0..pages {
+                w.append_page(c, no * 4096, &page(no)).unwrap();
+                no += 1;
+            }
+            w.seal(c, &commit(pages as u32)).unwrap();
+        }
+        no
+    }
+
+    /// Every page of segment 1 up to the sealed tail, in order, holds the image `page` wrote.
+    fn assert_pages_read_back(dir: &std::path::Path, c: &Control, count: u64) {
+        let mut r = SegmentReader::open(dir, 1).unwrap();
+        let out = r
+            .read_records(Some(c.sealed().pos.end), usize::MAX)
+            .unwrap();
+        assert!(!out.torn);
+        let pages: Vec<_> = out
+            .records
+            .iter()
+            .flat_map(|rec| rec.pages.iter())
+            .collect();
+        assert_eq!(pages.len() as u64, count);
+        let mut img = vec![0u8; 4096];
+        for (no, p) in pages.iter().enumerate() {
+            assert_eq!(p.offset, no as u64 * 4096);
+            r.file.read_exact_at(&mut img, p.payload_pos).unwrap();
+            assert!(img == page(no as u64), "page {no} read back wrong");
+        }
+    }
+
+    #[test]
+    fn blocks_are_reserved_as_the_stream_grows_not_for_the_whole_segment() {
+        let d = crate::util::fresh_test_dir("wr", "reserve");
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, ROTATE_AT);
+        let mut next = write_txns(&mut w, &c, 0, 20, 1);
+        // A quiet database's spool: the reservation ahead of the tail, not the whole segment.
+        let quiet = file_len(&d, 1);
+        assert!(
+            quiet <= RESERVE_AHEAD + RESERVE_STEP,
+            "{quiet} bytes for 20 small commits"
+        );
+        assert!(
+            w.seg.as_ref().unwrap().map.is_some(),
+            "the segment is mapped"
+        );
+
+        // The consumer's upkeep grows the reservation once the writer used half of it...
+        let seg = w.seg.as_ref().unwrap();
+        let to_half = seg.space.reserved() - RESERVE_AHEAD / 2 - seg.write_pos;
+        next = write_txns(&mut w, &c, next, 1, to_half / 4096 + 1);
+        let seg = w.seg.as_ref().unwrap();
+        let before = seg.space.reserved();
+        assert!(
+            seg.write_pos < before,
+            "the writer had no need to grow it yet"
+        );
+        w.maintenance().run();
+        let seg = w.seg.as_ref().unwrap();
+        assert!(seg.space.reserved() > before);
+        assert!(seg.space.reserved() >= seg.write_pos + RESERVE_AHEAD);
+        assert_eq!(file_len(&d, 1), seg.space.reserved());
+
+        // ...and a transaction that outruns it grows it on its own (20 MiB in one go).
+        next = write_txns(&mut w, &c, next, 1, 5120);
+        let seg = w.seg.as_ref().unwrap();
+        assert!(seg.space.reserved() >= seg.write_pos);
+        assert!(
+            file_len(&d, 1) < ROTATE_AT,
+            "reserved only what was written and ahead"
+        );
+        assert_pages_read_back(&d, &c, next);
+    }
+
+    #[test]
+    fn a_second_writer_reserves_from_the_tail_it_finds() {
+        let d = crate::util::fresh_test_dir("wr", "second");
+        let c = Control::open(&d).unwrap();
+        let mut a = SpoolWriter::new(d.clone(), false, ROTATE_AT);
+        let next = write_txns(&mut a, &c, 0, 1, 2000);
+        // Another process opens the tail segment after ~8 MB were written to it.
+        let mut b = SpoolWriter::new(d.clone(), false, ROTATE_AT);
+        let next = write_txns(&mut b, &c, next, 3, 5);
+        let seg = b.seg.as_ref().unwrap();
+        assert!(seg.map.is_some());
+        assert!(seg.space.reserved() >= seg.write_pos + RESERVE_AHEAD / 2);
+        let next = write_txns(&mut a, &c, next, 2, 3);
+        assert_pages_read_back(&d, &c, next);
     }
 }

@@ -30,6 +30,7 @@ STATUS_KEYS: dict[str, tuple[type, ...]] = {
     "captured": (int,),
     "applied": (int,),
     "pending_bytes": (int,),
+    "spool_disk_bytes": (int,),
     "lag_ms": (int, float),
     "last_error": (type(None), str),
     "resyncs": (int,),
@@ -147,7 +148,8 @@ def check_status_shape(st: dict) -> None:
         val = st[key]
         ok = isinstance(val, types) and not (isinstance(val, bool) and bool not in types)
         assert ok, f"spool_status()[{key!r}] = {val!r} is not {[t.__name__ for t in types]}"
-    for key in ("captured", "applied", "pending_bytes", "resyncs", "lag_ms", "apply_ms"):
+    for key in ("captured", "applied", "pending_bytes", "spool_disk_bytes", "resyncs", "lag_ms",
+                "apply_ms"):
         assert st[key] >= 0, f"spool_status()[{key!r}] is negative: {st}"
 
 

@@ -230,6 +230,55 @@ def test_fault_is_invisible_to_the_app_and_the_backup_recovers(
         assert logged, f"expected the panic to be reported through sqlite3_log [{ctx}]"
 
 
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_refused_block_reservation_costs_no_transaction(
+    procs, fault_env, tmp_path, rng, repro, journal
+):
+    """The spool reserves its segment's blocks a few MiB ahead of the write position; when the
+    filesystem refuses (`spool_reserve`: fallocate fails) the writer must carry on with pwrite, in
+    a process that had a reservation and ran past it and in one that never got any: no error, no
+    resync, and the backup is exactly the source."""
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    faults = Path(fault_env["SPOOLVFS_FAULTS_FILE"])
+    big_rows = 12  # 12 x 1 MB: past the ~9 MiB reserved ahead at open
+
+    def run(child, bank, label):
+        child.sql("CREATE TABLE IF NOT EXISTS big(id INTEGER PRIMARY KEY, b BLOB)")
+        assert child.sync() == 1, f"expected spool_sync = 1 before the fault ({label}) [{ctx}]"
+        resyncs0 = child.status()["resyncs"]
+        faults.write_text("spool_reserve\n")
+        for i in range(6):
+            bank.transfer()
+            if i % 2 == 0:
+                child.sql(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                    f" WHERE i < {big_rows // 3})"
+                    " INSERT INTO big(b) SELECT randomblob(1 << 20) FROM n"
+                )
+        assert child.sync() == 1, f"expected spool_sync = 1 ({label}) [{ctx}]"
+        bank.check_backup(backup, f"{label}; {ctx}", exact=True)
+        st = child.converged(db, backup, f"{label}; {ctx}")
+        assert (st["resyncs"], st["errors"], st["last_error"]) == (resyncs0, 0, None), (
+            f"expected a refused reservation to cost nothing, status {st} ({label}) [{ctx}]"
+        )
+
+    child = start_child(procs, fault_env, tmp_path, db, backup, journal)
+    bank = Bank(child, rng)
+    bank.create()
+    run(child, bank, "refused after the first reservation")
+    rc, err = child.close()
+    assert rc == 0 and "panicked" not in err, f"exit {rc}, stderr {err[-2000:]} [{ctx}]"
+
+    # A new process opens the tail segment and cannot reserve anything: no mapping at all.
+    faults.write_text("")
+    child = start_child(procs, fault_env, tmp_path, db, backup, journal, name="second")
+    bank.child = child
+    run(child, bank, "refused from the open")
+    rc, err = child.close()
+    assert rc == 0 and "panicked" not in err, f"exit {rc}, stderr {err[-2000:]} [{ctx}]"
+
+
 # --------------------------------------------------------------------------------------------
 # A real full disk: the spool on a 2 MB tmpfs
 

@@ -140,6 +140,12 @@ def test_reader_in_the_same_process_holds_the_apply_back(
     again = reader.execute("SELECT count(*), sum(length(v)) FROM t").fetchall()
     assert again == seen, f"the reader's snapshot changed inside its transaction [{ctx}]"
     assert st["pending"] >= 1, f"an apply went ahead under an open reader: {st} [{ctx}]"
+    # What waits is counted in spool bytes: at least the rows' own bytes, nowhere near the
+    # segment's reserved size.
+    pending_rows = st["captured"] - st["applied"]
+    assert pending_rows * 700 <= st["pending_bytes"] <= pending_rows * 4 * 8192, (
+        f"pending_bytes does not match {pending_rows} pending transactions: {st} [{ctx}]"
+    )
     reader.execute("COMMIT")
     reader.close()
     sh.assert_backup_converged(con, db, backup, ctx)
