@@ -716,6 +716,9 @@ impl Capture {
             return out;
         }
         if self.wal.first_slot.is_some() && self.owns(conn) {
+            if self.wal.commit.is_some() {
+                crate::faults::kill_if("kill_before_wal_seal");
+            }
             return self.finish_wal_txn();
         }
         Outcome::default()

@@ -20,6 +20,13 @@
 //! Anything else is a loss, which the caller reports and a resync repairs. Either way the
 //! generation is marked checked, so that one ending is reported once.
 //!
+//! "The last sealed record" is, more precisely, the last state the backup accounts for
+//! (`accounted`): a resync that replayed no record publishes, as the applied state, the WAL
+//! generation and committed frames it copied. Those can go past the last sealed record: a
+//! process killed between its commit and its seal, or a commit made without spoolvfs, both
+//! already repaired by that resync. Checking against the sealed record alone would report the
+//! same commit a second time when its generation ends, and cost a second resync.
+//!
 //! Invariants: runs before the ending operation is forwarded and never changes it; reads the WAL
 //! through its own descriptor (the unix VFS keeps no POSIX locks on the WAL file itself, so
 //! closing it cannot drop one); costs one header check per generation, not per commit.
@@ -60,7 +67,7 @@ pub fn check(
     on_disk: Option<WalHeader>,
     how: Ending,
 ) -> Option<String> {
-    let sealed = control.sealed();
+    let sealed = accounted(control);
     if sealed.mode_kind >> 8 != SourceMode::Wal as u64 {
         // No record of ours lives in a WAL (none yet, rollback mode, or an older control file):
         // whatever the WAL holds was written after the last record, and the consumer's chain
@@ -75,6 +82,29 @@ pub fn check(
     });
     control.set_wal_verified(sealed.token);
     verdict
+}
+
+/// The last source state the spool and the backup account for: the last sealed record's, or
+/// the WAL state a resync copied after it (`applied` with the same sequence number, in WAL mode;
+/// a replayed or applied record publishes the same chain data as its seal did, so this only
+/// differs after a resync). Read while no writer of ours can seal (see the module doc), so the
+/// applied state can only catch up with the sealed one, never pass it.
+fn accounted(control: &Control) -> SealedState {
+    let sealed = control.sealed();
+    let applied = control.applied();
+    let resynced_past_it = applied.seq == sealed.seq
+        && applied.mode_kind >> 8 == SourceMode::Wal as u64
+        && (applied.token != sealed.token || applied.wal_frames > sealed.wal_frames);
+    if resynced_past_it {
+        SealedState {
+            token: applied.token,
+            mode_kind: applied.mode_kind,
+            wal_frames: applied.wal_frames,
+            ..sealed
+        }
+    } else {
+        sealed
+    }
 }
 
 fn unaccounted(
@@ -177,6 +207,32 @@ mod tests {
         // Reported once: once the restart replaced the header, the generation counts as checked.
         let restarted = build_wal(1024, &[], (8, 9));
         assert_eq!(check(&c, &path, header(&restarted), Ending::Truncate), None);
+    }
+
+    #[test]
+    fn commits_a_resync_copied_past_our_last_record_are_reported_only_by_it() {
+        let (c, path) = setup("resynced");
+        let w = build_wal(1024, &[(1, 1, 1), (2, 0, 2), (3, 3, 3)], (7, 8));
+        std::fs::write(&path, &w).unwrap();
+        seal(&c, (7, 8), 1);
+        let sealed = c.sealed();
+        // A resync after our last record copied the WAL through its commit at frame 2 (frames
+        // 1..3: a process killed before its seal), and published that as the applied state.
+        let copied = |seq| SealedState {
+            seq,
+            wal_frames: 3,
+            ..sealed
+        };
+        c.publish_applied(copied(sealed.seq - 1));
+        // Not yet the state after our last record: that record's own chain data rules.
+        assert!(check(&c, &path, header(&w), Ending::Restart).is_some());
+        c.publish_applied(copied(sealed.seq));
+        assert_eq!(check(&c, &path, header(&w), Ending::Restart), None);
+        // A commit after what the resync copied is still a loss.
+        let w = build_wal(1024, &[(1, 1, 1), (2, 0, 2), (3, 3, 3), (4, 4, 4)], (7, 8));
+        std::fs::write(&path, &w).unwrap();
+        let lost = check(&c, &path, header(&w), Ending::Truncate).expect("a loss");
+        assert!(lost.contains("frames 3..4"), "{lost}");
     }
 
     #[test]

@@ -279,6 +279,52 @@ def test_refused_block_reservation_costs_no_transaction(
     assert rc == 0 and "panicked" not in err, f"exit {rc}, stderr {err[-2000:]} [{ctx}]"
 
 
+def test_kill_between_a_wal_commit_and_its_seal_costs_one_resync(
+    connections, procs, fault_env, tmp_path, repro
+):
+    """A process killed after its WAL commit and before its seal leaves a commit that the source
+    has (SQLite recovers it from the WAL) and the spool lacks. The surviving process's consumer
+    finds the dead transaction owner and resyncs once. When the WAL generation holding that commit
+    ends later (a restart by a writer of ours), the commit is already in the backup: no second
+    loss report, no second resync."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    faults = Path(fault_env["SPOOLVFS_FAULTS_FILE"])
+    # This process opens first and keeps the consumer; the child is the one that dies.
+    con = connections(db, backup, journal_mode="wal")
+    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER)")
+    con.execute("INSERT INTO t(v) VALUES(1)")
+    child = start_child(procs, fault_env, tmp_path, db, backup, "wal")
+    child.sql("INSERT INTO t(v) VALUES(2)")
+    assert sh.spool_sync(con) == 1, f"expected spool_sync = 1 before the kill [{repro}]"
+    resyncs0 = sh.spool_status(con)["resyncs"]
+
+    faults.write_text("kill_before_wal_seal\n")
+    ok, reply = child.request("INSERT INTO t(v) VALUES(3)")
+    assert not ok, f"expected the child to die at its seal, it replied {reply} [{repro}]"
+    assert child.proc.wait(timeout=30) == -9, f"expected SIGKILL [{repro}]"
+    assert sh.scalar(con, "SELECT group_concat(v) FROM t") == "1,2,3", (
+        f"expected the dead process's commit in the source [{repro}]"
+    )
+    sh.wait_until(
+        lambda: sh.spool_status(con)["resyncs"] > resyncs0,
+        60,
+        0.02,
+        "the consumer to resync for the dead transaction owner",
+    )
+    sh.assert_backup_converged(con, db, backup, repro, allow_last_error=True)
+
+    # End the generation: a complete checkpoint, then a write that restarts the WAL.
+    busy, _, _ = con.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    assert busy == 0, f"expected the RESTART checkpoint to complete [{repro}]"
+    con.execute("INSERT INTO t(v) VALUES(4)")
+    assert sh.spool_sync(con) == 1, f"expected spool_sync = 1 after the restart [{repro}]"
+    st = sh.assert_backup_converged(con, db, backup, repro, allow_last_error=True)
+    assert st["resyncs"] == resyncs0 + 1, (
+        f"expected exactly one resync for the lost commit, got {st['resyncs'] - resyncs0}: {st} "
+        f"[{repro}]"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # A real full disk: the spool on a 2 MB tmpfs
 
