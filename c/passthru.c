@@ -46,7 +46,13 @@ static int pt_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock
 static int pt_check_reserved(sqlite3_file *f, int *r) {
   return REAL(f)->pMethods->xCheckReservedLock(REAL(f), r);
 }
+/* Nonzero: answer SQLITE_NOTFOUND to file-control opcodes that are not SQLite's own (all of
+** SQLite's are small numbers) instead of forwarding them, as a shim that only knows SQLite's
+** opcodes would. Set by tests (c/passthru_ext.c) to check spoolvfs's fallback for such a shim. */
+static int pt_refuse_foreign_fcntl = 0;
+
 static int pt_file_control(sqlite3_file *f, int op, void *a) {
+  if (pt_refuse_foreign_fcntl && op >= 1000) return SQLITE_NOTFOUND;
   return REAL(f)->pMethods->xFileControl(REAL(f), op, a);
 }
 static int pt_sector_size(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }

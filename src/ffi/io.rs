@@ -205,8 +205,9 @@ fn report_untracked_wal(wal_name: Option<String>) {
     let wal = wal_name.unwrap_or_default();
     let msg = format!(
         "{wal}: opened by a connection whose database file is not spool's own (a VFS layered \
-         above spool, or SQLite older than 3.32): its WAL commits are not captured; the backup \
-         gets them by a resync once the consumer sees them in the source"
+         above spool that does not forward unknown file controls, or SQLite older than 3.32): \
+         its WAL commits are not captured; the backup gets them by a resync once the consumer \
+         sees them in the source"
     );
     let state = wal
         .strip_suffix("-wal")
@@ -232,6 +233,35 @@ fn uri_param(name: *const c_char, key: &str) -> Option<String> {
 /// top-level file. Any other VFS answers SQLITE_NOTFOUND. The value spells "SPOL".
 pub const SPOOL_FCNTL_FILE: c_int = 0x5350_4F4C;
 
+/// Spool's file object behind the pager's main-db file `top`: `top` itself when it is ours; under
+/// a VFS layered above spool, the one that answers `SPOOL_FCNTL_FILE` (such a VFS forwards an
+/// opcode it does not know to the file beneath it); null when there is none, or the upper VFS
+/// does not forward the opcode.
+///
+/// # Safety
+/// `top` must be null or the pager's live, opened main-db file object.
+unsafe fn spool_file_beneath(top: *mut sqlite3_file) -> *mut sqlite3_file {
+    // SAFETY: null or live by the caller's contract.
+    if top.is_null() || unsafe { is_ours(top) } {
+        return top;
+    }
+    // SAFETY: an opened file object has a method table, which lives as long as the file.
+    let Some(file_control) = (unsafe { (*top).pMethods.as_ref() }).and_then(|m| m.xFileControl)
+    else {
+        return std::ptr::null_mut();
+    };
+    let mut ours: *mut sqlite3_file = std::ptr::null_mut();
+    // SAFETY: a live file and its own method; for our opcode `arg` is a `sqlite3_file**`, which
+    // spool's file fills in and any other file leaves alone (it answers SQLITE_NOTFOUND).
+    let rc = unsafe { file_control(top, SPOOL_FCNTL_FILE, &mut ours as *mut _ as *mut c_void) };
+    // SAFETY: `ours` is null or the file object that answered (checked to be ours before use).
+    if rc == SQLITE_OK && unsafe { is_ours(ours) } {
+        ours
+    } else {
+        std::ptr::null_mut()
+    }
+}
+
 /// Opens a main database, its WAL or its rollback journal with tracking.
 ///
 /// # Safety
@@ -255,6 +285,8 @@ pub unsafe fn open_tracked(
             _ => std::ptr::null_mut(),
         };
         // SAFETY: null, or the pager's live main-db file object.
+        owner = unsafe { spool_file_beneath(owner) };
+        // SAFETY: null, or spool's live main-db file object of that connection.
         unsafe { state_of_file(owner) }
     } else {
         None
@@ -270,10 +302,9 @@ pub unsafe fn open_tracked(
         return unsafe { open(root, name, file, flags, out_flags) };
     }
     if role == Role::Wal && state.is_none() {
-        // The pager's database file is not one of ours: another VFS sits between SQLite and
-        // spool (a tracing or checksum shim, SQLite's test VFS), or the host predates 3.32. We
-        // cannot tell which of our connections this WAL belongs to, so its frames are not
-        // captured. Refusing the open would make the database unusable in WAL mode; instead the
+        // No spool file behind the pager's database file: a VFS between SQLite and spool that
+        // does not forward our file-control opcode, or a host older than 3.32. We cannot tell
+        // which of our connections this WAL belongs to, so its frames are not captured. Refusing the open would make the database unusable in WAL mode; instead the
         // WAL is passed through, and its commits reach the backup the way writes made without
         // spoolvfs do: the consumer finds them (committed frames the spool lacks) and resyncs.
         // SAFETY: `name` is the WAL's NUL-terminated filename, as this function requires.
