@@ -51,33 +51,47 @@ def shim_refusing_foreign_fcntl(stacked_vfs):
     sh.scalar(loader, "SELECT passthru_refuse_foreign_fcntl(0)")
 
 
-def open_stacked(db, backup, journal):
+def open_stacked(db, backup, journal, locking=None):
     con = apsw.Connection(
         f"file:{sh._q(db)}?vfs={STACKED}&backup={sh._q(backup)}",
         flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
     )
     con.set_busy_timeout(30000)
+    if locking:
+        sh.set_pragma(con, "locking_mode", locking)
     sh.set_pragma(con, "journal_mode", journal)
     return con
 
 
-@pytest.mark.parametrize("journal", ["delete", "truncate", "wal"])
-def test_vfs_layered_above_spool(stacked_vfs, tmp_path, rng, repro, journal):
+@pytest.mark.parametrize(
+    "journal, locking",
+    [
+        ("delete", None),
+        ("truncate", None),
+        ("persist", None),
+        ("wal", None),
+        ("delete", "exclusive"),
+        ("wal", "exclusive"),
+    ],
+)
+def test_vfs_layered_above_spool(stacked_vfs, tmp_path, rng, repro, journal, locking):
     """Randomized writes through a shim over spool: the database works as with spool alone, and
     the backup converges after every round through capture alone, in WAL mode too: no error, no
     resync beyond the first open's."""
     db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
-    con = open_stacked(db, backup, journal)
+    con = open_stacked(db, backup, journal, locking)
     work = sh.Workload(con, rng, vacuum=journal != "wal")
     for rnd in range(3):
         work.run(60)
-        ctx = f"{journal} through {STACKED}, round {rnd}; {repro}"
+        ctx = f"{journal} ({locking or 'normal'} locking) through {STACKED}, round {rnd}; {repro}"
         st = sh.assert_backup_converged(con, db, backup, ctx)
         assert st["resyncs"] <= 1 and st["errors"] == 0, (
             f"capture through the shim fell back to resyncs: {st} [{ctx}]"
         )
     con.close()
-    sh.assert_closed_files_match(db, backup, journal == "wal", f"{journal} after close; {repro}")
+    sh.assert_closed_files_match(
+        db, backup, journal == "wal" or locking == "exclusive", f"{journal} after close; {repro}"
+    )
 
 
 def test_wal_under_a_shim_that_hides_spools_file_is_reported_and_resynced(
