@@ -6,8 +6,9 @@
 //! off the commit path: the consumer thread of the same process grows the reservation and
 //! populates the window ahead of the write position (`maintenance`, `MADV_POPULATE_WRITE`) before
 //! the writer gets there. Reserving as the stream grows, not the whole segment at once, keeps
-//! the spool's disk footprint near what it holds (a few MiB for a quiet database, not 68). Data in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process; only
-//! `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
+//! the spool's disk footprint near what it holds (a few MiB for a quiet database, not 68). Data
+//! in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process;
+//! only `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
 //!
 //! All processes append to one stream. That is safe without a lock of our own because every
 //! capture happens while the process holds the database's write lock (EXCLUSIVE for database
