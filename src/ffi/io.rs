@@ -274,9 +274,11 @@ pub unsafe fn open_tracked(
     out_flags: *mut c_int,
     role: Role,
 ) -> c_int {
-    // SAFETY: `file` is SQLite's buffer; clearing pMethods first means a failed open is never closed.
+    // SAFETY: `file` is SQLite's buffer; clearing pMethods first means a failed open is never
+    // closed.
     unsafe { (*file).pMethods = std::ptr::null() };
-    // Find the owner before opening: the WAL or journal belongs to the main db whose pager opens it.
+    // Find the owner before opening: the WAL or journal belongs to the main db whose pager opens
+    // it.
     let mut owner: *mut sqlite3_file = std::ptr::null_mut();
     let state: Option<Arc<DbState>> = if role != Role::MainDb {
         owner = match api().and_then(|a| a.database_file_object) {
@@ -304,9 +306,10 @@ pub unsafe fn open_tracked(
     if role == Role::Wal && state.is_none() {
         // No spool file behind the pager's database file: a VFS between SQLite and spool that
         // does not forward our file-control opcode, or a host older than 3.32. We cannot tell
-        // which of our connections this WAL belongs to, so its frames are not captured. Refusing the open would make the database unusable in WAL mode; instead the
-        // WAL is passed through, and its commits reach the backup the way writes made without
-        // spoolvfs do: the consumer finds them (committed frames the spool lacks) and resyncs.
+        // which of our connections this WAL belongs to, so its frames are not captured.
+        // Refusing the open would make the database unusable in WAL mode; instead the WAL is
+        // passed through, and its commits reach the backup the way writes made without spoolvfs
+        // do: the consumer finds them (committed frames the spool lacks) and resyncs.
         // SAFETY: `name` is the WAL's NUL-terminated filename, as this function requires.
         report_untracked_wal(unsafe { c_str(name) });
         // SAFETY: opening straight into SQLite's buffer, as for untracked files.
