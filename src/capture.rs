@@ -169,9 +169,28 @@ struct WalTxn {
     pending: Option<PendingFrame>,
 }
 
-/// The first 100 bytes of page 1 as currently in the database file (read on demand by the VFS
-/// layer when a transaction did not write page 1).
-pub type HeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; dbheader::HEADER_LEN]>;
+/// The main database file as it is when a rollback-mode transaction is sealed, read on demand by
+/// the VFS layer: the first 100 bytes of page 1 (for a transaction that did not write it) and
+/// the file's size, which caps the size a header claims. Either may be unknown.
+pub trait DbFileNow {
+    fn header(&mut self) -> Option<[u8; dbheader::HEADER_LEN]>;
+    fn size(&mut self) -> Option<u64>;
+}
+
+/// Nothing read: the file may already hold the next transaction's bytes (its writes are
+/// forwarded before they are captured), so neither its header nor its size is this one's.
+pub struct Unread;
+
+impl DbFileNow for Unread {
+    fn header(&mut self) -> Option<[u8; dbheader::HEADER_LEN]> {
+        None
+    }
+    fn size(&mut self) -> Option<u64> {
+        None
+    }
+}
+
+pub type DbFileReader<'a> = &'a mut dyn DbFileNow;
 
 /// The first 32 bytes of the WAL file as currently on disk (read on demand by the VFS layer).
 pub type WalHeaderReader<'a> = &'a mut dyn FnMut() -> Option<[u8; wal::WAL_HEADER_LEN as usize]>;
@@ -234,6 +253,10 @@ impl Capture {
     ) -> Capture {
         let page_size = dbheader::page_size(page1).unwrap_or(0);
         let db_pages = match dbheader::trusted_db_pages(page1) {
+            // Capped by the file, as in `seal_rollback`.
+            Some(p) if page_size > 0 && file_size > 0 => {
+                (p as u64).min(file_size.div_ceil(page_size as u64))
+            }
             Some(p) => p as u64,
             None if page_size > 0 => file_size / page_size as u64,
             None => 0,
@@ -385,7 +408,7 @@ impl Capture {
             // The previous transaction ended without a commit: seal it (as a rollback) before
             // this write starts the next one. Its header is the one it wrote, or the size is
             // unchanged; the file's page 1 may already hold this new transaction's bytes.
-            let prev = self.seal_rollback(RecordKind::Rollback, &mut || None);
+            let prev = self.seal_rollback(RecordKind::Rollback, &mut Unread);
             if prev.lost.is_some() {
                 return prev;
             }
@@ -422,16 +445,16 @@ impl Capture {
     pub fn seal_finished_rollback(
         &mut self,
         min_age: std::time::Duration,
-        header: HeaderReader,
+        file: DbFileReader,
     ) -> Outcome {
         match self.rollback.finalized_at {
-            Some(t) if t.elapsed() >= min_age => self.seal_rollback(RecordKind::Rollback, header),
+            Some(t) if t.elapsed() >= min_age => self.seal_rollback(RecordKind::Rollback, file),
             _ => Outcome::default(),
         }
     }
 
     /// `SQLITE_FCNTL_COMMIT_PHASETWO`: the transaction committed.
-    pub fn on_commit_phase_two(&mut self, conn: ConnId, header: HeaderReader) -> Outcome {
+    pub fn on_commit_phase_two(&mut self, conn: ConnId, file: DbFileReader) -> Outcome {
         if let Some(out) = self.discarded_event(conn, true) {
             return out;
         }
@@ -442,13 +465,13 @@ impl Capture {
             return self.finish_wal_txn();
         }
         if self.rollback.active {
-            return self.seal_rollback(RecordKind::Commit, header);
+            return self.seal_rollback(RecordKind::Commit, file);
         }
         Outcome::default()
     }
 
     /// `xUnlock` of the main database file to `level`.
-    pub fn on_db_unlock(&mut self, conn: ConnId, level: i32, header: HeaderReader) -> Outcome {
+    pub fn on_db_unlock(&mut self, conn: ConnId, level: i32, file: DbFileReader) -> Outcome {
         if level > libsqlite3_sys::SQLITE_LOCK_SHARED {
             return Outcome::default();
         }
@@ -459,7 +482,7 @@ impl Capture {
             return Outcome::default();
         }
         if self.rollback.active {
-            return self.seal_rollback(RecordKind::Rollback, header);
+            return self.seal_rollback(RecordKind::Rollback, file);
         }
         if self.wal.first_slot.is_some() {
             // Closing an exclusive-mode WAL database with frames but no commit: a rollback.
@@ -468,19 +491,23 @@ impl Capture {
         Outcome::default()
     }
 
-    fn seal_rollback(&mut self, kind: RecordKind, header: HeaderReader) -> Outcome {
+    fn seal_rollback(&mut self, kind: RecordKind, file: DbFileReader) -> Outcome {
         let mut t = std::mem::take(&mut self.rollback);
         if t.page1.is_none() {
             // Another process may have changed the size or counter since our last record: take
             // them from the file, which holds the committed page 1 (we still hold the lock).
-            t.page1 = header().filter(|h| dbheader::page_size(h).is_some());
+            t.page1 = file.header().filter(|h| dbheader::page_size(h).is_some());
         }
         let header_page_size = t.page1.as_ref().and_then(|h| dbheader::page_size(h));
         let page_size = header_page_size
             .or((self.page_size > 0).then_some(self.page_size))
             .unwrap_or(t.last_write_len);
         let db_pages = match t.page1.as_ref().and_then(|h| dbheader::trusted_db_pages(h)) {
-            Some(p) => p as u64,
+            // Never more than the file holds: a header claiming more is corrupt (SQLite refuses
+            // to read it), and the backup mirrors the file's bytes, not the claim.
+            Some(p) => file.size().map_or(p as u64, |size| {
+                (p as u64).min(size.div_ceil(page_size.max(1) as u64))
+            }),
             // No readable header: the size did not change (every size change rewrites page 1).
             None if t.page1.is_none() && self.page_size == page_size => self.db_pages,
             None => t.max_end.div_ceil(page_size.max(1) as u64),
@@ -799,10 +826,6 @@ mod tests {
         (Capture::new(w, control, d.join("wal"), &[], 0), d)
     }
 
-    fn no_header() -> Option<[u8; dbheader::HEADER_LEN]> {
-        None
-    }
-
     fn no_wal_header() -> Option<[u8; 32]> {
         None
     }
@@ -823,14 +846,14 @@ mod tests {
         c.on_db_write(1, 0, &page1(1024, 5, 3));
         c.on_db_write(1, 2048, &[7u8; 1024]);
         assert!(c.txn_open());
-        let out = c.on_commit_phase_two(1, &mut no_header);
+        let out = c.on_commit_phase_two(1, &mut Unread);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.db_size, 3 * 1024);
         assert_eq!(s.info.n_pages, 2);
         assert_eq!(s.info.kind, RecordKind::Commit);
         assert!(!c.txn_open());
         // Unlock after commit seals nothing more.
-        assert!(c.on_db_unlock(1, 1, &mut no_header).sealed.is_none());
+        assert!(c.on_db_unlock(1, 1, &mut Unread).sealed.is_none());
         let mut r = SegmentReader::open(&d, 1).unwrap();
         assert_eq!(
             r.read_records(Some(s.pos.end), 100).unwrap().records.len(),
@@ -838,13 +861,45 @@ mod tests {
         );
     }
 
+    /// A file as `DbFileNow` sees it, for tests.
+    struct FileIs(Option<[u8; dbheader::HEADER_LEN]>, Option<u64>);
+
+    impl DbFileNow for FileIs {
+        fn header(&mut self) -> Option<[u8; dbheader::HEADER_LEN]> {
+            self.0
+        }
+        fn size(&mut self) -> Option<u64> {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_more_pages_than_the_file_holds_is_capped_by_the_file() {
+        let (mut c, _d) = capture("claim");
+        // A rollback that restored page 2 only: the header comes from the file, which a write
+        // made without spoolvfs left claiming 100,000 pages in a 3-page file.
+        c.on_db_write(1, 1024, &[7u8; 1024]);
+        let mut hdr = [0u8; dbheader::HEADER_LEN];
+        hdr.copy_from_slice(&page1(1024, 5, 100_000)[..dbheader::HEADER_LEN]);
+        let out = c.on_db_unlock(1, 1, &mut FileIs(Some(hdr), Some(3 * 1024)));
+        assert_eq!(out.sealed.unwrap().info.db_size, 3 * 1024);
+        // A commit whose page 1 says 3 pages in a file of 3 keeps 3: the cap never grows it.
+        c.on_db_write(1, 0, &page1(1024, 6, 3));
+        let out = c.on_commit_phase_two(1, &mut FileIs(None, Some(3 * 1024)));
+        assert_eq!(out.sealed.unwrap().info.db_size, 3 * 1024);
+        // Unknown size: the header rules, as before.
+        c.on_db_write(1, 0, &page1(1024, 7, 4));
+        let out = c.on_commit_phase_two(1, &mut Unread);
+        assert_eq!(out.sealed.unwrap().info.db_size, 4 * 1024);
+    }
+
     #[test]
     fn spill_then_rollback_is_sealed_as_rollback() {
         let (mut c, _d) = capture("spill");
         c.on_db_write(1, 0, &page1(1024, 5, 3));
-        c.on_commit_phase_two(1, &mut no_header);
+        c.on_commit_phase_two(1, &mut Unread);
         c.on_db_write(1, 4096, &[1u8; 1024]); // spill
-        let out = c.on_db_unlock(1, 1, &mut no_header);
+        let out = c.on_db_unlock(1, 1, &mut Unread);
         let s = out.sealed.unwrap();
         assert_eq!(s.info.kind, RecordKind::Rollback);
         assert_eq!(s.info.db_size, 3 * 1024);
@@ -859,9 +914,9 @@ mod tests {
         c.on_wal_write(1, 32, &wal[32..56], &mut no_wal_header);
         c.on_wal_write(1, 56, &wal[56..568], &mut no_wal_header);
         // ...while connection 2 ends its read transaction and releases its locks.
-        assert!(c.on_db_unlock(2, 0, &mut no_header).sealed.is_none());
+        assert!(c.on_db_unlock(2, 0, &mut Unread).sealed.is_none());
         assert!(c.on_wal_write_unlock(2).sealed.is_none());
-        assert!(c.on_commit_phase_two(2, &mut no_header).sealed.is_none());
+        assert!(c.on_commit_phase_two(2, &mut Unread).sealed.is_none());
         assert!(c.txn_open());
         // Connection 1 commits: both frames are in the record.
         c.on_wal_write(1, 568, &wal[568..592], &mut no_wal_header);
@@ -1045,13 +1100,13 @@ mod tests {
         c.poisoned(1, false);
         assert!(c.on_db_write(1, 1024, &[1u8; 1024]).lost.is_none());
         // Another connection's events do not end it.
-        assert!(c.on_db_unlock(2, 0, &mut no_header).lost.is_none());
-        let out = c.on_commit_phase_two(1, &mut no_header);
+        assert!(c.on_db_unlock(2, 0, &mut Unread).lost.is_none());
+        let out = c.on_commit_phase_two(1, &mut Unread);
         assert!(out.sealed.is_none());
         assert!(out.lost.is_some());
         // The next transaction is captured normally.
         c.on_db_write(1, 0, &page1(1024, 6, 3));
-        assert!(c.on_commit_phase_two(1, &mut no_header).sealed.is_some());
+        assert!(c.on_commit_phase_two(1, &mut Unread).sealed.is_some());
     }
 
     #[test]
@@ -1135,14 +1190,14 @@ mod tests {
     fn an_exclusive_mode_rollback_is_sealed_at_the_next_write_or_by_the_consumer() {
         let (mut c, _d) = capture("exclrb");
         c.on_db_write(1, 0, &page1(1024, 5, 3));
-        assert!(c.on_commit_phase_two(1, &mut no_header).sealed.is_some());
+        assert!(c.on_commit_phase_two(1, &mut Unread).sealed.is_some());
         // A spilling transaction rolls back: spill, playback, journal zeroed; no unlock follows.
         c.on_db_write(1, 2048, &[9u8; 1024]);
         c.on_db_write(1, 2048, &[7u8; 1024]);
         c.on_journal_finalized(1);
         // Another connection's journal does not end it, and it is not old enough for the consumer.
         c.on_journal_finalized(2);
-        let young = c.seal_finished_rollback(std::time::Duration::from_secs(60), &mut no_header);
+        let young = c.seal_finished_rollback(std::time::Duration::from_secs(60), &mut Unread);
         assert!(young.sealed.is_none());
         // The next transaction's first write seals it first.
         let out = c.on_db_write(1, 1024, &[1u8; 1024]);
@@ -1153,12 +1208,12 @@ mod tests {
         assert!(c.txn_open());
         c.on_journal_finalized(1);
         // A commit after the finalized journal is a commit.
-        let commit = c.on_commit_phase_two(1, &mut no_header).sealed.unwrap();
+        let commit = c.on_commit_phase_two(1, &mut Unread).sealed.unwrap();
         assert_eq!(commit.info.kind, RecordKind::Commit);
         // A finalized rollback with nothing after it is sealed by the consumer.
         c.on_db_write(1, 2048, &[3u8; 1024]);
         c.on_journal_finalized(1);
-        let late = c.seal_finished_rollback(std::time::Duration::ZERO, &mut no_header);
+        let late = c.seal_finished_rollback(std::time::Duration::ZERO, &mut Unread);
         assert_eq!(late.sealed.unwrap().info.kind, RecordKind::Rollback);
         assert!(!c.txn_open());
     }

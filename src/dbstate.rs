@@ -230,7 +230,8 @@ impl DbState {
         // A transaction of this process that already ended in a rollback (exclusive locking mode
         // has no end event after it) counts as "before the call": seal it now. The size comes
         // from its own page-1 image or is unchanged, so no header read is needed.
-        let finished = lock(&self.capture).seal_finished_rollback(Duration::ZERO, &mut || None);
+        let finished =
+            lock(&self.capture).seal_finished_rollback(Duration::ZERO, &mut crate::capture::Unread);
         self.publish(finished);
         let mut p = lock(&self.progress);
         if p.active && p.phase != Phase::Stopped {

@@ -323,11 +323,9 @@ fn write_journal(
     let cut_from = (req.final_size / ps).min(old_pages);
     let every_page = old_ps != req.page_size;
 
-    let mut candidates: Vec<u64> = Vec::new();
-    if every_page {
-        candidates.extend(0..old_pages);
-    } else {
-        // Old pages touched by the writes, ascending and distinct (entries are sorted).
+    // Old pages touched by the writes below the cut, ascending and distinct (entries are sorted).
+    let mut touched: Vec<u64> = Vec::new();
+    if !every_page {
         let mut next = 0u64;
         for (off, len, _) in writes.iter() {
             let first = (off / ps).max(next);
@@ -336,12 +334,17 @@ fn write_journal(
                 break;
             }
             if first <= last {
-                candidates.extend(first..=last);
+                touched.extend(first..=last);
                 next = last + 1;
             }
         }
-        candidates.extend(cut_from..old_pages);
     }
+    // Then every page past the cut, without listing them: a shrink can cut millions.
+    let candidates: Box<dyn Iterator<Item = u64>> = if every_page {
+        Box::new(0..old_pages)
+    } else {
+        Box::new(touched.into_iter().chain(cut_from..old_pages))
+    };
 
     let mut old = vec![0u8; old_ps as usize];
     let mut new = vec![0u8; old_ps as usize];
@@ -358,6 +361,11 @@ fn write_journal(
             if new == old {
                 continue; // rewritten with identical bytes: nothing to restore
             }
+        }
+        if idx >= cut_from && old.iter().all(|&b| b == 0) {
+            // A zero page past the cut: a rollback first sets the file back to its original
+            // size (ours and SQLite's alike), which brings it back as zeros.
+            continue;
         }
         // pgno <= old_pages, which the caller checked fits in u32.
         let pgno = u32::try_from(pgno).map_err(|_| invalid("page number out of range"))?;

@@ -361,13 +361,9 @@ impl Consumer {
     /// journal was finalized (exclusive locking mode: no unlock), so that the bytes its spill and
     /// playback left in free pages reach the backup without waiting for the next transaction.
     fn seal_finished_rollback(&mut self) {
-        let source = &mut self.source;
-        let mut header = || {
-            let mut h = [0u8; crate::dbheader::HEADER_LEN];
-            source.read_at(&mut h, 0).ok().map(|_| h)
-        };
-        let out = lock(&self.state.capture)
-            .seal_finished_rollback(Duration::from_millis(50), &mut header);
+        let mut file = HeaderOnly(&mut self.source);
+        let out =
+            lock(&self.state.capture).seal_finished_rollback(Duration::from_millis(50), &mut file);
         self.state.publish(out);
     }
 
@@ -832,6 +828,23 @@ fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::
 /// need it (they restore the old content), so byte equality holds for rollback-mode sources.
 fn bump_needed(records: &[Record]) -> bool {
     records.iter().any(|r| r.info.kind == RecordKind::Commit)
+}
+
+/// The source's header, read through the consumer's own descriptor, for sealing a finished
+/// exclusive-mode rollback. Its size stays unknown: the connection may already be extending the
+/// file in its next transaction (written before it is captured), and a size must never come
+/// from a state that was not committed.
+struct HeaderOnly<'a>(&'a mut Box<dyn SourceReader>);
+
+impl crate::capture::DbFileNow for HeaderOnly<'_> {
+    fn header(&mut self) -> Option<[u8; crate::dbheader::HEADER_LEN]> {
+        let mut h = [0u8; crate::dbheader::HEADER_LEN];
+        self.0.read_at(&mut h, 0).ok().map(|_| h)
+    }
+
+    fn size(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]

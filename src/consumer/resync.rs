@@ -213,10 +213,11 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             }
         }
     }
-    let mut final_size = match dbheader::trusted_db_pages(&page1) {
-        Some(pages) => pages as u64 * page_size as u64,
-        None => n_pages * page_size as u64,
-    };
+    // The backup is the file as copied: its size, not the size its header claims. They agree in
+    // any database SQLite committed; a header changed without spoolvfs (or corrupt) may claim
+    // more pages than the file holds, or fewer, and the backup then mirrors the file's bytes
+    // (a claim of 350 million pages once grew a 4 KB backup to a 1.4 TB sparse file).
+    let mut final_size = n_pages * page_size as u64;
     // The WAL generation and committed frames overlaid on the copy, if any.
     let mut overlaid: Option<(u64, u64)> = None;
     if let Ok(wal_file) = File::open(&wal_path) {

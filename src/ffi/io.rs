@@ -626,19 +626,33 @@ unsafe extern "C" fn x_lock(f: *mut sqlite3_file, level: c_int) -> c_int {
     })
 }
 
-/// Reads the current database header from the real main-db file (for records that did not write
-/// page 1).
-///
-/// # Safety
-/// `f` must be an opened main-db wrapper.
-unsafe fn header_reader(
-    f: *mut sqlite3_file,
-) -> impl FnMut() -> Option<[u8; crate::dbheader::HEADER_LEN]> {
-    move || {
+/// The real main-db file as it is when a transaction of its connection ends (`DbFileNow`): read
+/// only if capture asks.
+struct RealFileNow(*mut sqlite3_file);
+
+impl crate::capture::DbFileNow for RealFileNow {
+    fn header(&mut self) -> Option<[u8; crate::dbheader::HEADER_LEN]> {
         let mut h = [0u8; crate::dbheader::HEADER_LEN];
-        // SAFETY: `f` is an opened wrapper (caller's contract), so its real file is open.
-        (unsafe { read_real(real(f), &mut h, 0) } == SQLITE_OK).then_some(h)
+        // SAFETY: built only from an opened main-db wrapper (`real_file_now`), whose real file is
+        // open for as long as the VFS call that uses this lasts.
+        (unsafe { read_real(real(self.0), &mut h, 0) } == SQLITE_OK).then_some(h)
     }
+
+    fn size(&mut self) -> Option<u64> {
+        let mut size: sqlite3_int64 = 0;
+        // SAFETY: as in `header`; `size` is a valid out pointer.
+        let rc = unsafe {
+            let r = real(self.0);
+            (*(*r).pMethods).xFileSize.map(|fs| fs(r, &mut size))
+        };
+        (rc == Some(SQLITE_OK)).then_some(size.max(0) as u64)
+    }
+}
+
+/// # Safety
+/// `f` must be an opened main-db wrapper, and the result used only during the current VFS call.
+unsafe fn real_file_now(f: *mut sqlite3_file) -> RealFileNow {
+    RealFileNow(f)
 }
 
 unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
@@ -652,14 +666,14 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
             && unsafe { state_of(f) }.txn_claim.held()
         {
             // SAFETY: opened main-db wrapper.
-            let mut header = unsafe { header_reader(f) };
+            let mut file = unsafe { real_file_now(f) };
             // SAFETY: opened wrapper.
             let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
             capture(
                 state,
                 conn,
                 level <= libsqlite3_sys::SQLITE_LOCK_SHARED,
-                |c| c.on_db_unlock(conn, level, &mut header),
+                |c| c.on_db_unlock(conn, level, &mut file),
             );
         }
         let rc = call!(f, xUnlock, SQLITE_IOERR_UNLOCK, level);
@@ -702,9 +716,9 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             // In WAL mode the record was sealed at the write lock's release, before this.
             SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb && state.txn_claim.held() => {
                 // SAFETY: opened main-db wrapper.
-                let mut header = unsafe { header_reader(f) };
+                let mut file = unsafe { real_file_now(f) };
                 capture(state, conn, true, |c| {
-                    c.on_commit_phase_two(conn, &mut header)
+                    c.on_commit_phase_two(conn, &mut file)
                 });
             }
             SQLITE_FCNTL_VFSNAME if rc == SQLITE_OK && !arg.is_null() => {

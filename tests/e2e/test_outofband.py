@@ -339,3 +339,39 @@ def test_write_without_spoolvfs_right_after_a_resync_is_caught(
         "INSERT INTO t(k, v) VALUES(-3, zeroblob(700)); DELETE FROM t WHERE id < 9;",
     )
     assert_foreign_write_repaired(con, db, backup, resyncs0, "a write right after a resync", ctx)
+
+
+@pytest.mark.parametrize("claimed_pages", [100_000, 1])
+def test_a_header_size_the_file_does_not_match_is_not_trusted(
+    connections, tmp_path, repro, claimed_pages
+):
+    """The header's page count (bytes 28-31) changed without spoolvfs so that it no longer
+    matches the file: SQLite reports such a database as corrupt (more pages claimed than the file
+    holds) or reads the file's pages (fewer), and the backup must mirror the file's bytes either
+    way. Trusting the claim once grew a 4 KB backup to a 1.4 TB sparse file, and the next apply
+    journaled every page of it (found by SQLite's corruptC.test through spool)."""
+    ctx = f"header claims {claimed_pages} pages; {repro}"
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    con = connections(db, backup, journal_mode="delete")
+    con.execute("CREATE TABLE t(x); INSERT INTO t VALUES(randomblob(3000));")
+    con.execute("CREATE TABLE u(x); INSERT INTO u VALUES(randomblob(3000));")
+    assert sh.spool_sync(con) == 1, f"spool_sync before the change [{ctx}]"
+    con.close()
+    with open(db, "r+b") as f:  # the change counter and version-valid-for stay equal
+        f.seek(28)
+        f.write(claimed_pages.to_bytes(4, "big"))
+    # SQL (spool_sync included) fails on the corrupt schema: the first open's resync is waited
+    # for by the close instead, which drains the consumer.
+    sh.open_spool(db, backup).close()
+    source, copy = db.read_bytes(), backup.read_bytes()
+    n_source, n_copy = len(source), len(copy)
+    assert n_copy == n_source, (
+        f"expected a backup of the source file's {n_source} bytes, got {n_copy} [{ctx}]"
+    )
+    differing = [i for i in range(len(source)) if source[i] != copy[i]]
+    allowed = set(range(24, 28)) | set(range(92, 96))  # the change counter moved on the backup
+    assert set(differing) <= allowed, f"backup bytes differ at {differing[:20]} [{ctx}]"
+    journal = backup.with_name(backup.name + "-journal")
+    assert not journal.exists() or journal.stat().st_size < 1 << 20, (
+        f"backup journal of {journal.stat().st_size} bytes [{ctx}]"
+    )

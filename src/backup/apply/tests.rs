@@ -528,3 +528,49 @@ fn a_reused_journal_never_replays_stale_records() {
         );
     }
 }
+
+/// Cutting zero pages off the end (a sparse tail, say) journals none of them, and a crash after
+/// the cut still restores the exact original bytes: the rollback sets the file back to its
+/// original size first, which brings the zero pages back.
+#[test]
+fn cut_zero_pages_are_not_journaled_and_still_come_back() {
+    for via_cli in [true, false] {
+        let t = Tmp::new("cutzero");
+        let a = t.p("a.db");
+        make_a(&a, 4096, 50);
+        let backup = t.p("backup.db");
+        std::fs::copy(&a, &backup).unwrap();
+        let len = std::fs::metadata(&a).unwrap().len();
+        // 4,000 zero pages past the database (a hole: no blocks), plus one non-zero page.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backup)
+            .unwrap();
+        f.set_len(len + 4000 * 4096).unwrap();
+        f.write_all_at(&[0x55u8; 4096], len + 4000 * 4096).unwrap();
+        drop(f);
+        let before = std::fs::read(&backup).unwrap();
+        let req = ApplyRequest {
+            writes: WriteSet::new(),
+            final_size: len,
+            page_size: 4096,
+            bump_counter_if_unchanged: false,
+        };
+        let err = apply(&backup, req, &opts(Some(FailPoint::AfterDbSync))).unwrap_err();
+        assert_eq!(err.to_string(), "injected");
+        assert_eq!(std::fs::metadata(&backup).unwrap().len(), len);
+        // The non-zero page (and the header) are journaled; the 4,000 zero ones are not.
+        let jlen = std::fs::metadata(journal_path(&backup)).unwrap().len();
+        assert!(
+            jlen < 4 * 4096,
+            "journal of {jlen} bytes for one non-zero page"
+        );
+        if via_cli {
+            let out = sql(&backup, "PRAGMA integrity_check; SELECT count(*) FROM t;");
+            assert_eq!(out, "ok\n50\n");
+        } else {
+            assert!(recover(&backup, Duration::from_secs(1)).unwrap());
+        }
+        assert!(std::fs::read(&backup).unwrap() == before, "cli={via_cli}");
+    }
+}
