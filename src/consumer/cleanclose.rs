@@ -13,9 +13,9 @@
 //!   registered, checked *after* the stamps are taken. A process of ours registers while it
 //!   opens the source, before it can write, so any that wrote before the stamps is seen as
 //!   alive, and nothing is recorded.
-//! - Something was applied in this spool (a sealed record): its mode and source token are what
-//!   the source is checked against. A database never written through spoolvfs since its spool
-//!   was created gets no record, and resyncs at every first open, as before.
+//! - The applied state names a source state: the last applied record's, or the copy a resync
+//!   published when it had no record to replay (a database never written through spoolvfs since
+//!   its spool was created). Its mode and source token are what the source is checked against.
 //! - The source's stamp shows no write made without spoolvfs before it was taken:
 //!   - rollback modes: every commit, ours or not, increments the header's change counter, so
 //!     after the stamp the header must still hold the last applied record's counter (and not
@@ -117,7 +117,7 @@ pub fn record(
 ) -> Result<(), String> {
     let c = &state.control;
     let applied = c.applied();
-    let at_rest = spool_at_rest(c).filter(|&(seq, _)| seq != 0 && seq == applied.seq);
+    let at_rest = spool_at_rest(c).filter(|&(seq, _)| seq == applied.seq && applied.mode_kind != 0);
     let Some((seq, lost)) = at_rest else {
         return Err("the backup is not caught up".into());
     };

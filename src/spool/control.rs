@@ -33,7 +33,8 @@
 //!                                                            checked complete when it ended
 //! 256  pids[64]              each process                    processes that have the db open
 //! 768  clean_lock (seqlock)  last process to close           the clean-close record:
-//! 776  clean_seq             "                               last sealed = applied seq (0: none)
+//! 776  clean_seq             "                               last sealed = applied seq, + 1
+//!                                                            (0: no record)
 //! 784  clean_lost_gen        "                               lost_gen = resynced_gen then
 //! 792  clean_db[5]           "                               stamp of the source (filestamp)
 //! 832  clean_backup[5]       "                               stamp of the backup
@@ -311,7 +312,9 @@ impl Control {
     /// states `db` and `backup`.
     pub fn set_clean_close(&self, seq: u64, lost_gen: u64, db: FileStamp, backup: FileStamp) {
         self.seq_write(CLEAN_LOCK, || {
-            self.store(CLEAN_SEQ, seq);
+            // Plus one: a record may be taken at seq 0 (a resync's copy, nothing ever sealed),
+            // and a zero word means "no record".
+            self.store(CLEAN_SEQ, seq + 1);
             self.store(CLEAN_LOST, lost_gen);
             for (i, (d, b)) in db.to_words().into_iter().zip(backup.to_words()).enumerate() {
                 self.store(CLEAN_DB + 8 * i, d);
@@ -338,7 +341,12 @@ impl Control {
             words(CLEAN_DB),
             words(CLEAN_BACKUP),
         );
-        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0).then_some(r)
+        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0).then_some((
+            r.0 - 1,
+            r.1,
+            r.2,
+            r.3,
+        ))
     }
 
     /// The last sealed record (seq 0: none yet).
@@ -595,6 +603,9 @@ mod tests {
         };
         a.set_clean_close(7, 3, stamp(10), stamp(20));
         assert_eq!(b.clean_close(), Some((7, 3, stamp(10), stamp(20))));
+        // A record at seq 0 (a resync's copy, nothing sealed yet) is a record too.
+        a.set_clean_close(0, 1, stamp(10), stamp(20));
+        assert_eq!(b.clean_close(), Some((0, 1, stamp(10), stamp(20))));
         // A recorder killed inside the write leaves the lock odd: no record, and no spinning.
         a.word(CLEAN_LOCK).fetch_add(1, Ordering::AcqRel);
         assert_eq!(b.clean_close(), None);

@@ -156,3 +156,41 @@ def test_a_killed_process_after_a_clean_close(
         assert st["clean_open"] and st["resyncs"] == resyncs, (
             f"expected the record still trusted after B only read: {st} [{ctx}]"
         )
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_a_database_never_written_through_spool_reopens_without_a_resync(
+    connections, tmp_path, repro, journal
+):
+    """Nothing is ever sealed for a database only read through spoolvfs: the clean-close record
+    then rests on the state the first open's resync copied. Reopening it costs no resync (it used
+    to cost one every time: both files read whole), and a change made while it was closed is
+    still found and repaired."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    plain = sqlite3.connect(db)
+    plain.execute(f"PRAGMA journal_mode={journal}")
+    plain.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    plain.executemany("INSERT INTO t(v) VALUES(randomblob(?))", [(n * 37,) for n in range(200)])
+    plain.commit()
+    plain.close()
+    for round_ in range(3):
+        ctx = f"{journal}, read-only round {round_}; {repro}"
+        con = connections(db, backup)
+        assert sh.scalar(con, "SELECT count(*) FROM t") == 200
+        st = sh.assert_backup_converged(con, db, backup, ctx)
+        assert st["captured"] == 0, f"expected nothing sealed: {st} [{ctx}]"
+        assert st["resyncs"] == 1, f"expected only the first open's resync, got {st} [{ctx}]"
+        assert st["clean_open"] is (round_ > 0), f"expected clean_open = {round_ > 0}: {st} [{ctx}]"
+        close_and_check(con, db, backup, journal, ctx)
+
+    ctx = f"{journal}, changed while closed; {repro}"
+    plain = sqlite3.connect(db, timeout=30)
+    plain.execute("UPDATE t SET v = zeroblob(length(v)) WHERE id = 3")
+    plain.commit()
+    plain.close()
+    con = connections(db, backup)
+    st = sh.assert_backup_converged(con, db, backup, ctx)
+    assert not st["clean_open"] and st["resyncs"] == 2, (
+        f"expected the change to be found by a resync: {st} [{ctx}]"
+    )
+    close_and_check(con, db, backup, journal, ctx)
