@@ -341,12 +341,9 @@ impl Control {
             words(CLEAN_DB),
             words(CLEAN_BACKUP),
         );
-        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0).then_some((
-            r.0 - 1,
-            r.1,
-            r.2,
-            r.3,
-        ))
+        // `then`, not `then_some`: the stored word is seq + 1, and 0 (no record) has no seq.
+        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0)
+            .then(|| (r.0 - 1, r.1, r.2, r.3))
     }
 
     /// The last sealed record (seq 0: none yet).
