@@ -214,3 +214,30 @@ def test_errors_are_transparent(connections, tmp_path):
     with pytest.raises(apsw.SQLError):
         con.execute("SELECT * FROM no_such_table")
     assert sh.scalar(con, "SELECT count(*) FROM u") == 1
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_durable_spool_randomized(spoolvfs, tmp_path, rng, repro, journal):
+    """`spool_sync=full` (each sealed record synced before the commit returns): a randomized
+    workload plus one transaction bigger than the spool's reservation ahead (so records are synced
+    across a reservation that grew under them) converges, and spool_status says durable."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    uri = sh.spool_uri_params(db, backup=str(backup), spool_sync="full")
+    con = sh.open_spool_uri(uri, journal_mode=journal, cache_size=10)
+    try:
+        work = sh.Workload(con, rng)
+        work.run(STEPS // 2)
+        with con:
+            con.execute("CREATE TABLE IF NOT EXISTS big(b BLOB)")
+            con.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12)"
+                " INSERT INTO big SELECT randomblob(1 << 20) FROM n"
+            )
+        work.run(STEPS // 2)
+        ctx = f"{journal}, spool_sync=full; {repro}"
+        st = sh.assert_backup_converged(con, db, backup, ctx)
+        assert st["durable"] is True, f"expected durable: {st} [{ctx}]"
+        assert st["resyncs"] == 1, f"expected only the first open's resync: {st} [{ctx}]"
+    finally:
+        con.close()
+    sh.assert_closed_files_match(db, backup, journal == "wal", f"{journal} after close; {repro}")
