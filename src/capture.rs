@@ -253,11 +253,12 @@ impl Capture {
     ) -> Capture {
         let page_size = dbheader::page_size(page1).unwrap_or(0);
         let db_pages = match dbheader::trusted_db_pages(page1) {
-            // Capped by the file, as in `seal_rollback`.
-            Some(p) if page_size > 0 && file_size > 0 => {
-                (p as u64).min(file_size.div_ceil(page_size as u64))
+            // A size of 0 is an unknown one here (the host's xFileSize failed), and without a
+            // page size the file's pages cannot be counted.
+            Some(p) => {
+                let known = Some(file_size).filter(|&s| s > 0 && page_size > 0);
+                dbheader::pages_within_file(p as u64, page_size, known)
             }
-            Some(p) => p as u64,
             None if page_size > 0 => file_size / page_size as u64,
             None => 0,
         };
@@ -503,11 +504,7 @@ impl Capture {
             .or((self.page_size > 0).then_some(self.page_size))
             .unwrap_or(t.last_write_len);
         let db_pages = match t.page1.as_ref().and_then(|h| dbheader::trusted_db_pages(h)) {
-            // Never more than the file holds: a header claiming more is corrupt (SQLite refuses
-            // to read it), and the backup mirrors the file's bytes, not the claim.
-            Some(p) => file.size().map_or(p as u64, |size| {
-                (p as u64).min(size.div_ceil(page_size.max(1) as u64))
-            }),
+            Some(p) => dbheader::pages_within_file(p as u64, page_size, file.size()),
             // No readable header: the size did not change (every size change rewrites page 1).
             None if t.page1.is_none() && self.page_size == page_size => self.db_pages,
             None => t.max_end.div_ceil(page_size.max(1) as u64),

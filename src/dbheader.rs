@@ -43,6 +43,15 @@ pub fn change_counter(page1: &[u8]) -> Option<u32> {
     be_u32(page1, HDR_CHANGE_COUNTER)
 }
 
+/// `pages` (a header's claim), never more than a file of `file_size` bytes holds when its size is
+/// known: a header claiming more is corrupt (SQLite refuses to read it), and the backup mirrors
+/// the file's bytes, not the claim.
+pub fn pages_within_file(pages: u64, page_size: u32, file_size: Option<u64>) -> u64 {
+    file_size.map_or(pages, |size| {
+        pages.min(size.div_ceil(u64::from(page_size.max(1))))
+    })
+}
+
 /// The in-header database size in pages, if SQLite would trust it: non-zero and written by the
 /// same transaction as the change counter (offset 92 equals offset 24).
 pub fn trusted_db_pages(page1: &[u8]) -> Option<u32> {

@@ -627,13 +627,14 @@ unsafe extern "C" fn x_lock(f: *mut sqlite3_file, level: c_int) -> c_int {
 }
 
 /// The real main-db file as it is when a transaction of its connection ends (`DbFileNow`): read
-/// only if capture asks.
+/// only if capture asks. Built only from an opened main-db wrapper, inside the VFS call that
+/// uses it.
 struct RealFileNow(*mut sqlite3_file);
 
 impl crate::capture::DbFileNow for RealFileNow {
     fn header(&mut self) -> Option<[u8; crate::dbheader::HEADER_LEN]> {
         let mut h = [0u8; crate::dbheader::HEADER_LEN];
-        // SAFETY: built only from an opened main-db wrapper (`real_file_now`), whose real file is
+        // SAFETY: built only from an opened main-db wrapper (see the type), whose real file is
         // open for as long as the VFS call that uses this lasts.
         (unsafe { read_real(real(self.0), &mut h, 0) } == SQLITE_OK).then_some(h)
     }
@@ -649,12 +650,6 @@ impl crate::capture::DbFileNow for RealFileNow {
     }
 }
 
-/// # Safety
-/// `f` must be an opened main-db wrapper, and the result used only during the current VFS call.
-unsafe fn real_file_now(f: *mut sqlite3_file) -> RealFileNow {
-    RealFileNow(f)
-}
-
 unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
     guard(SQLITE_IOERR_UNLOCK, || {
         // Seal before the lock is released so the record is ordered before the next writer's.
@@ -665,8 +660,8 @@ unsafe extern "C" fn x_unlock(f: *mut sqlite3_file, level: c_int) -> c_int {
             // SAFETY: opened wrapper.
             && unsafe { state_of(f) }.txn_claim.held()
         {
-            // SAFETY: opened main-db wrapper.
-            let mut file = unsafe { real_file_now(f) };
+            // `f` is an opened main-db wrapper.
+            let mut file = RealFileNow(f);
             // SAFETY: opened wrapper.
             let (state, conn) = unsafe { (state_of(f), conn_of(f)) };
             capture(
@@ -715,8 +710,8 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             // Never fail it: the transaction is already committed.
             // In WAL mode the record was sealed at the write lock's release, before this.
             SQLITE_FCNTL_COMMIT_PHASETWO if role == Role::MainDb && state.txn_claim.held() => {
-                // SAFETY: opened main-db wrapper.
-                let mut file = unsafe { real_file_now(f) };
+                // `f` is an opened main-db wrapper.
+                let mut file = RealFileNow(f);
                 capture(state, conn, true, |c| {
                     c.on_commit_phase_two(conn, &mut file)
                 });
