@@ -816,8 +816,7 @@ mod tests {
     use crate::wal::tests::build_wal;
 
     fn capture(name: &str) -> (Capture, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!("spoolvfs-cap-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = crate::util::fresh_test_dir("cap", name);
         let w = SpoolWriter::new(d.clone(), false, u64::MAX);
         let control = Arc::new(Control::open(&d).unwrap());
         (Capture::new(w, control, d.join("wal"), &[], 0), d)

@@ -189,8 +189,7 @@ mod tests {
     }
 
     fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("spoolvfs-cfg-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::util::fresh_test_dir("cfg", name);
         std::fs::write(d.join("app.db"), b"x").unwrap();
         d
     }

@@ -15,14 +15,61 @@ pub fn now_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Tests only: an empty directory `spoolvfs-<tag>-<pid>-<name>` under the system's temp dir
-/// (what was there from an earlier run is removed).
+/// Tests only: an empty directory `<tag>-<name>` under this test process's own root,
+/// `spoolvfs-unit-<pid>` in the system's temp dir (what was there is removed first).
+///
+/// The root is deleted when the process exits, and roots left by processes that died (a killed
+/// run) are swept on first use, so test runs never pile up on a shared disk.
 #[cfg(test)]
 pub fn fresh_test_dir(tag: &str, name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("spoolvfs-{tag}-{}-{name}", std::process::id()));
+    let d = test_root().join(format!("{tag}-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[cfg(test)]
+fn test_root() -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        sweep_dead_test_roots(&tmp);
+        let root = tmp.join(format!("spoolvfs-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        extern "C" fn remove_root_at_exit() {
+            let root = std::env::temp_dir().join(format!("spoolvfs-unit-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(root);
+        }
+        // SAFETY: registers a plain function with no captured state; it only touches the file
+        // system, which is still usable while exit handlers run.
+        unsafe { libc::atexit(remove_root_at_exit) };
+        root
+    })
+    .clone()
+}
+
+/// Removes the `spoolvfs-unit-<pid>` roots whose process no longer exists.
+#[cfg(test)]
+fn sweep_dead_test_roots(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("spoolvfs-unit-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the pid exists; nothing is sent.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Escapes `s` as a JSON string literal (with quotes).

@@ -348,8 +348,7 @@ pub(crate) mod tests {
     }
 
     fn temp_file(name: &str, bytes: &[u8]) -> File {
-        let dir = std::env::temp_dir().join(format!("spoolvfs-wal-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::fresh_test_dir("wal", name);
         let p = dir.join("w");
         let mut f = File::create(&p).unwrap();
         f.write_all(bytes).unwrap();

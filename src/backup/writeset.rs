@@ -301,8 +301,7 @@ mod tests {
 
     #[test]
     fn file_source() {
-        let dir = std::env::temp_dir().join(format!("spoolvfs-ws-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::fresh_test_dir("ws", "file_source");
         let p = dir.join("src.bin");
         std::fs::write(&p, (0..=255u8).collect::<Vec<_>>()).unwrap();
         let f = Arc::new(File::open(&p).unwrap());

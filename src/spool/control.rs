@@ -536,9 +536,7 @@ mod tests {
     use super::*;
 
     fn dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("spoolvfs-ctl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+        crate::util::fresh_test_dir("ctl", name)
     }
 
     #[test]

@@ -14,14 +14,8 @@ struct Tmp(PathBuf);
 impl Tmp {
     fn new(name: &str) -> Tmp {
         static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "spoolvfs-apply-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Tmp(d)
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Tmp(crate::util::fresh_test_dir("apply", &format!("{n}-{name}")))
     }
     fn p(&self, f: &str) -> PathBuf {
         self.0.join(f)
