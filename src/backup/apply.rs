@@ -1,26 +1,41 @@
-//! Applies one batch of captured writes to the backup atomically, using SQLite's own
+//! Applies batches of captured writes to the backup atomically, using SQLite's own
 //! rollback-journal protocol so that any SQLite process reading the backup stays safe.
 //!
-//! Protocol of `apply` (each step relies on the one before):
-//! 1. RESERVED on the backup: no other writer; readers continue on the old state. A hot journal
-//!    left by a crash is rolled back first (under EXCLUSIVE).
-//! 2. Every old page the batch will change or cut off is copied to `<backup>-journal`, then the
-//!    journal is synced, made hot (magic + nRec), synced, and its directory synced.
+//! Batches are applied in *spans*: one journal and one RESERVED lock for a run of batches, so that
+//! a busy source costs the backup's disk a few syncs per span instead of three per batch (the
+//! application's own fsyncs on the same device queue behind every one of ours).
+//!
+//! Protocol (each step relies on the one before):
+//! 1. Opening a span: RESERVED on the backup, kept until the span closes. No other writer;
+//!    readers go on, and a reader that finds our hot journal sees RESERVED held and leaves it be.
+//!    A hot journal left by a crash is rolled back first (under EXCLUSIVE). The journal's header
+//!    records the backup's size then (the span's original size).
+//! 2. Each batch: the span-start image of every page it changes or cuts off, unless already in
+//!    the journal or past the original size, is appended to `<backup>-journal`; if any was (or
+//!    the journal is not hot yet), the records are synced, the header's nRec raised (magic
+//!    written), synced again (and a new journal's directory synced).
 //! 3. EXCLUSIVE: PENDING stops new readers, then we wait for current ones to finish.
-//! 4. The new bytes are written, the file is cut to its final size and synced.
-//! 5. The journal is deleted (the commit point) and the directory synced; locks released.
+//! 4. The new bytes are written and the file cut to its final size, not synced; back to RESERVED.
+//!    Readers now see this batch's state, complete.
+//! 5. Closing the span: the file is synced, the journal's header zeroed (the commit point; not
+//!    synced, see `close_span`), and the locks released.
 //!
 //! Invariants: the database bytes are only modified while a durable hot journal holds the
-//! pre-image of every modified page and the original size, and only under EXCLUSIVE. So a crash
-//! anywhere leaves either the old state, the new state, or a hot journal that rolls back to the
-//! old state (SQLite does that itself on its next read; `recover` does it for us). The lock-byte
-//! page is never journaled or written. The backup is always a rollback-journal database: a
-//! WAL-mode header in the batch is rewritten to legacy mode.
+//! span-start image of every page the span has modified below the original size, and the
+//! original size, and only under EXCLUSIVE. So a crash anywhere leaves either the state the
+//! last closed span committed, the state of the last batch (with the hot journal behind it, while
+//! our process holds RESERVED), or a hot journal that rolls back to the span's start (SQLite does
+//! that itself on its next read; `recover` does it for us). A span may roll back past batches
+//! that were visible to readers: the caller must know (`ApplyFailure::reverted`, and a dead
+//! process's open span) and resync. The lock-byte page is never journaled or written. The backup
+//! is always a rollback-journal database: a WAL-mode header in the batch is rewritten to legacy
+//! mode.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -195,181 +210,401 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// Applies one batch to the backup at `backup_path` (created if missing). See the module docs.
+/// A run of batches applied under one journal and one RESERVED lock (see "Spans" in the module
+/// docs). Between batches the database file holds the last batch's state, complete, and the hot
+/// journal holds the span-start image of every page the span changed.
+pub struct Span {
+    file: Arc<File>,
+    jpath: PathBuf,
+    journal: JournalWriter,
+    /// Pages of the backup when the span began: the journal's original size. Pages at or past it
+    /// are never journaled (a rollback cuts the file back to it).
+    orig_pages: u64,
+    /// Page size of the backup when the span began: the journal's page size.
+    page_size: u32,
+    /// 0-based pages whose span-start image is in the journal.
+    journaled: HashSet<u64>,
+    /// `finish` has made the journal hot.
+    hot: bool,
+    /// A batch of this span has written to the database file.
+    db_written: bool,
+    /// The span's batch changed the page size: it takes no further batch.
+    closed_to_batches: bool,
+    opened: Instant,
+    last_batch: Instant,
+}
+
+impl Span {
+    /// When the span began.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// When its last batch was applied.
+    pub fn last_batch(&self) -> Instant {
+        self.last_batch
+    }
+
+    /// Bytes of journal it holds.
+    pub fn journal_len(&self) -> u64 {
+        self.journal.bytes()
+    }
+}
+
+/// A batch that could not be applied.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub error: io::Error,
+    /// The backup went back (or goes back at its next open, when the hot journal left behind is
+    /// rolled back) to a state before batches that `apply_batch` had reported as applied.
+    pub reverted: bool,
+}
+
+impl From<io::Error> for ApplyFailure {
+    fn from(error: io::Error) -> Self {
+        ApplyFailure {
+            error,
+            reverted: false,
+        }
+    }
+}
+
+/// Applies one batch to the backup at `backup_path` (created if missing) as a span of its own:
+/// journal, write, sync, commit. See the module docs.
 pub fn apply(
+    backup_path: &Path,
+    req: ApplyRequest,
+    opts: &ApplyOptions,
+) -> io::Result<ApplyReport> {
+    let mut span = None;
+    let report = apply_batch(&mut span, backup_path, req, opts).map_err(|f| f.error)?;
+    close_span(&mut span, opts)?;
+    Ok(report)
+}
+
+/// Applies one batch in `span`, opening one when it is `None` (or when the batch changes the page
+/// size, after closing the open one). On success the span stays open: its RESERVED lock held, its
+/// journal hot, the batch in the database file but not synced; `close_span` commits it. On failure
+/// `span` is `None` again and the locks are released.
+pub fn apply_batch(
+    span: &mut Option<Span>,
     backup_path: &Path,
     mut req: ApplyRequest,
     opts: &ApplyOptions,
-) -> io::Result<ApplyReport> {
+) -> Result<ApplyReport, ApplyFailure> {
     if !valid_page_size(req.page_size) {
-        return Err(invalid("invalid page size"));
+        return Err(invalid("invalid page size").into());
     }
     let final_pages = req.final_size.div_ceil(u64::from(req.page_size));
     if final_pages > u64::from(u32::MAX) {
-        return Err(invalid("database too large"));
+        return Err(invalid("database too large").into());
     }
+    if span
+        .as_ref()
+        .is_some_and(|s| s.closed_to_batches || s.page_size != req.page_size)
+    {
+        close_span(span, opts).map_err(|error| ApplyFailure {
+            error,
+            reverted: true,
+        })?;
+    }
+    if span.is_none() {
+        *span = Some(open_span(backup_path, req.page_size, opts)?);
+    }
+    let Some(s) = span.as_mut() else {
+        return Err(io::Error::other("no span").into());
+    };
+    let written_before = s.db_written;
+    let file = s.file.clone();
+    // RESERVED is the span's already: this guard only gives the batch its upgrade and downgrade.
+    let mut guard = lock_reserved_with_retry(&file, opts.lock_timeout)?;
     let deadline = Instant::now() + opts.lock_timeout;
+
+    let result = (|| -> Result<ApplyReport, (io::Error, Stage)> {
+        let at = |stage| move |e| (e, stage);
+        // Old state: the previous batch's (or the span start's) image.
+        let old_size = file.metadata().map_err(at(Stage::Journal))?.len();
+        let mut old_hdr = None;
+        if old_size >= HEADER_LEN as u64 {
+            let mut h = [0u8; HEADER_LEN];
+            file.read_exact_at(&mut h, 0).map_err(at(Stage::Journal))?;
+            old_hdr = Some(h);
+        }
+        let old_valid_hdr = old_hdr.filter(|h| header_page_size(h).is_some());
+
+        // Final image = writes below final_size, plus our header patch.
+        req.writes.truncate(req.final_size);
+        let patch = patched_header(&file, old_size, old_valid_hdr.as_ref(), &req.writes, &req)
+            .map_err(at(Stage::Journal))?;
+        if let Some(h) = patch {
+            let data = Arc::new(h.to_vec());
+            req.writes
+                .insert(0, HEADER_LEN as u64, Source::Bytes { data, start: 0 });
+        }
+
+        // Journal the span-start image of every page this batch changes first.
+        let mut report = ApplyReport {
+            pages_journaled: write_journal(&file, &req, old_size, s).map_err(at(Stage::Journal))?,
+            ..ApplyReport::default()
+        };
+        if opts.fail_at == Some(FailPoint::AfterJournalRecords) {
+            s.journal.flush().map_err(at(Stage::Crash))?; // a crash leaves the records in the file
+            return Err((io::Error::other("injected"), Stage::Crash));
+        }
+        if !s.hot || report.pages_journaled > 0 {
+            // Also makes a new journal's directory entry durable before the database changes.
+            s.journal.finish().map_err(at(Stage::Journal))?;
+            s.hot = true;
+        }
+        injected(opts, FailPoint::AfterJournalHot).map_err(at(Stage::Crash))?;
+
+        guard
+            .upgrade_to_exclusive(remaining(deadline))
+            .map_err(at(Stage::Exclusive))?;
+        s.db_written = true;
+        write_db(&file, &req.writes, &req, opts, &mut report).map_err(at(Stage::Database))?;
+        file.set_len(req.final_size).map_err(at(Stage::Database))?;
+        Ok(report)
+    })();
+    match result {
+        Ok(report) => {
+            let s = span.as_mut().ok_or_else(|| io::Error::other("no span"))?;
+            s.last_batch = Instant::now();
+            if let Err(error) = guard.keep_reserved() {
+                // Readers may be locked out; whoever opens the backup next rolls back.
+                *span = None;
+                return Err(ApplyFailure {
+                    error,
+                    reverted: true,
+                });
+            }
+            Ok(report)
+        }
+        Err((error, stage)) => {
+            drop(guard);
+            Err(fail_span(span, error, stage, written_before, opts))
+        }
+    }
+}
+
+/// Where in a batch an error happened, which decides what is left to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Reading the old state or journaling: the database file has this batch's nothing.
+    Journal,
+    /// Waiting for readers to let go: nothing of this batch written, its journal records whole.
+    Exclusive,
+    /// Writing the database file: the hot journal must roll it back.
+    Database,
+    /// An injected crash: leave every file as it is.
+    Crash,
+}
+
+/// Ends `span` after a failed batch. A span whose database file is untouched is undone (its
+/// journal made cold); one with earlier batches is closed when the failure left them whole
+/// (nothing written by this batch), else its hot journal is left for the next open to roll back.
+fn fail_span(
+    span: &mut Option<Span>,
+    error: io::Error,
+    stage: Stage,
+    written_before: bool,
+    opts: &ApplyOptions,
+) -> ApplyFailure {
+    let Some(s) = span.take() else {
+        return ApplyFailure {
+            error,
+            reverted: false,
+        };
+    };
+    let reverted = match stage {
+        Stage::Crash => {
+            // A crash releases the locks and nothing else.
+            unlock_description(&s.file);
+            written_before
+        }
+        Stage::Database => {
+            // Rolled back by whoever opens the backup next (`apply`, `recover`, any SQLite).
+            unlock_description(&s.file);
+            written_before
+        }
+        Stage::Journal | Stage::Exclusive if !written_before => {
+            drop(s.journal);
+            let _ = neutralize_journal(&s.jpath, opts.sync);
+            unlock_description(&s.file);
+            false
+        }
+        Stage::Journal | Stage::Exclusive => {
+            // Earlier batches are whole in the file; their journal was whole when this batch
+            // began, and records appended since only hold images of pages still unchanged.
+            let mut s = Some(s);
+            close_span(&mut s, opts).is_err()
+        }
+    };
+    ApplyFailure { error, reverted }
+}
+
+/// Releases every lock the backup's shared description holds (a span's kept RESERVED too).
+fn unlock_description(file: &File) {
+    // A guard on the description, whatever it holds, releases it all when unlocked.
+    if let Ok(guard) = lock_reserved_with_retry(file, Duration::ZERO) {
+        let _ = guard.unlock();
+    }
+}
+
+/// Starts a span: RESERVED on the backup (created if missing), a crashed apply's hot journal
+/// rolled back, and our journal started (cold) with the backup's present size and page size.
+fn open_span(backup_path: &Path, req_page_size: u32, opts: &ApplyOptions) -> io::Result<Span> {
     // Shared and never closed here: closing a descriptor would drop the POSIX locks of the
     // application's own readers of the backup (`handle`).
     let file = super::handle::open(backup_path, true)?.ok_or_else(|| {
         io::Error::new(io::ErrorKind::NotFound, "the backup could not be created")
     })?;
+    let deadline = Instant::now() + opts.lock_timeout;
     let mut guard = lock_reserved_with_retry(&file, opts.lock_timeout)?;
     let jpath = journal_path(backup_path);
-
-    // 1. A hot journal here is a crashed apply: roll it back before reading anything. A cold one
-    //    (zeroed header) is our persistent journal, reused below. We hold RESERVED, so no live
-    //    writer owns it.
+    // A hot journal here is a crashed apply: roll it back before reading anything. A cold one
+    // (zeroed header) is our persistent journal, reused below. We hold RESERVED, so no live
+    // writer owns it.
     if is_hot(&jpath)? {
         guard.upgrade_to_exclusive(remaining(deadline))?;
         rollback_hot_journal(&file, &jpath)?;
         guard.downgrade_to_reserved()?;
     }
-
-    // 2. Old state.
-    let old_size = file.metadata()?.len();
-    let mut old_hdr = None;
-    if old_size >= HEADER_LEN as u64 {
-        let mut h = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut h, 0)?;
-        old_hdr = Some(h);
-    }
-    let old_ps = old_hdr
-        .as_ref()
-        .and_then(header_page_size)
-        .unwrap_or(req.page_size);
-    let old_pages = old_size.div_ceil(u64::from(old_ps));
-    let old_pages_u32 =
-        u32::try_from(old_pages).map_err(|_| invalid("existing backup is too large"))?;
-    let old_valid_hdr = old_hdr.filter(|h| header_page_size(h).is_some());
-
-    // 3. Final image = writes below final_size, plus our header patch.
-    req.writes.truncate(req.final_size);
-    if let Some(h) = patched_header(&file, old_size, old_valid_hdr.as_ref(), &req.writes, &req)? {
-        let data = Arc::new(h.to_vec());
-        req.writes
-            .insert(0, HEADER_LEN as u64, Source::Bytes { data, start: 0 });
-    }
-    let req = &req;
-    let writes = &req.writes;
-
-    // 4. Journal.
-    let mut report = ApplyReport::default();
-    let mut jw = JournalWriter::create(&jpath, old_pages_u32, old_ps, opts.sync)?;
-    report.pages_journaled = match write_journal(&file, writes, req, old_ps, old_pages, &mut jw) {
-        Ok(n) => n,
-        Err(e) => {
-            // The database is untouched and the journal not hot: just garbage now.
-            drop(jw);
-            let _ = neutralize_journal(&jpath, opts.sync);
-            return Err(e);
-        }
+    let size = file.metadata()?.len();
+    let mut hdr = [0u8; HEADER_LEN];
+    let page_size = if size >= HEADER_LEN as u64 {
+        file.read_exact_at(&mut hdr, 0)?;
+        header_page_size(&hdr).unwrap_or(req_page_size)
+    } else {
+        req_page_size
     };
-    if opts.fail_at == Some(FailPoint::AfterJournalRecords) {
-        jw.flush()?; // a crash would leave the records in the file
-        return Err(io::Error::other("injected"));
-    }
-    // `finish` also makes a new journal's directory entry durable before the database changes.
-    let hot = jw.finish();
-    drop(jw);
-    if let Err(e) = hot {
-        // Still only RESERVED and the database untouched: the journal, hot or not, is harmless
-        // once its header is zero.
-        let _ = neutralize_journal(&jpath, opts.sync);
-        return Err(e);
-    }
-    injected(opts, FailPoint::AfterJournalHot)?;
-
-    // 5. Exclusive.
-    if let Err(e) = guard.upgrade_to_exclusive(remaining(deadline)) {
-        // Still RESERVED and the database is untouched: neutralize the journal so nobody
-        // replays it (replaying would be harmless, but it would also be pointless work).
-        neutralize_journal(&jpath, opts.sync)?;
-        return Err(e);
-    }
-
-    // 6. New content.
-    write_db(&file, writes, req, opts, &mut report)?;
-    file.set_len(req.final_size)?;
-    if opts.sync {
-        // fdatasync covers the new pages and a changed size; the mtime can wait (see
-        // `JournalWriter::finish`).
-        file.sync_data()?;
-    }
-    injected(opts, FailPoint::AfterDbSync)?;
-
-    // 7. Commit: zeroing the journal's header is the point where the new state becomes the state.
-    //    Not synced: until it is durable, power loss can only bring back the hot journal, which
-    //    rolls back to the previous state, also a consistent one (and a power loss makes the next
-    //    open resync anyway); the next batch's first journal sync persists it. One fsync fewer
-    //    per batch: fsyncs on the backup's device slow down the application's own.
-    finalize(&jpath, false)?;
-    guard.unlock()?;
-    Ok(report)
+    let orig_pages = size.div_ceil(u64::from(page_size));
+    let orig_pages_u32 =
+        u32::try_from(orig_pages).map_err(|_| invalid("existing backup is too large"))?;
+    let journal = JournalWriter::create(&jpath, orig_pages_u32, page_size, opts.sync)?;
+    guard.keep_reserved()?;
+    let now = Instant::now();
+    Ok(Span {
+        file,
+        jpath,
+        journal,
+        orig_pages,
+        page_size,
+        journaled: HashSet::new(),
+        hot: false,
+        db_written: false,
+        closed_to_batches: page_size != req_page_size,
+        opened: now,
+        last_batch: now,
+    })
 }
 
-/// Appends the pre-image of every old page the batch changes or cuts off; returns how many.
+/// Commits the open span, if any: the database file synced, then the journal's header zeroed
+/// (the commit point), then the locks released. On failure the span is gone, its locks released
+/// and its hot journal left, so the backup goes back to the span's start at its next open.
+pub fn close_span(span: &mut Option<Span>, opts: &ApplyOptions) -> io::Result<()> {
+    let Some(s) = span.take() else {
+        return Ok(());
+    };
+    let committed = (|| {
+        if opts.sync && s.db_written {
+            // fdatasync covers the new pages and a changed size; the mtime can wait (see
+            // `JournalWriter::finish`).
+            s.file.sync_data()?;
+        }
+        injected(opts, FailPoint::AfterDbSync)?;
+        // Not synced: until it is durable, power loss can only bring back the hot journal, which
+        // rolls back to the span's start, also a consistent state (and a power loss makes the
+        // next open resync anyway); the next span's first journal sync persists it. One fsync
+        // fewer per span: fsyncs on the backup's device slow down the application's own.
+        if s.db_written || s.hot {
+            finalize(&s.jpath, false)
+        } else {
+            // Never hot: only its header's cold bytes were written.
+            Ok(())
+        }
+    })();
+    unlock_description(&s.file);
+    committed
+}
+
+/// Appends to the span's journal the span-start image of every page this batch changes or cuts
+/// off that is not there yet; returns how many. Pages past the span's original size are never
+/// journaled, and neither are pages rewritten with their present bytes.
 fn write_journal(
     file: &File,
-    writes: &WriteSet,
     req: &ApplyRequest,
-    old_ps: u32,
-    old_pages: u64,
-    jw: &mut JournalWriter,
+    old_size: u64,
+    span: &mut Span,
 ) -> io::Result<u64> {
-    let ps = u64::from(old_ps);
-    let lock_pgno = lock_byte_pgno(old_ps);
-    // 0-based index of the first old page that reaches past final_size (cut off, so journaled).
+    let writes = &req.writes;
+    let ps = u64::from(span.page_size);
+    let lock_pgno = lock_byte_pgno(span.page_size);
+    let old_pages = old_size.div_ceil(ps);
+    // 0-based index of the first present page that reaches past final_size (cut off).
     let cut_from = (req.final_size / ps).min(old_pages);
-    let every_page = old_ps != req.page_size;
+    // Pages at or past this one were not in the backup when the span began.
+    let orig = span.orig_pages;
+    let every_page = span.page_size != req.page_size;
 
-    // Old pages touched by the writes below the cut, ascending and distinct (entries are sorted).
+    // Pages the writes touch, ascending and distinct (entries are sorted). Besides present pages
+    // this includes pages a shrink earlier in the span cut off and this batch brings back: a
+    // rollback cuts the file to the span's start size, which would keep their new bytes.
     let mut touched: Vec<u64> = Vec::new();
     if !every_page {
+        let below = req.final_size.div_ceil(ps).min(orig);
         let mut next = 0u64;
         for (off, len, _) in writes.iter() {
             let first = (off / ps).max(next);
-            let last = ((off + len - 1) / ps).min(cut_from.saturating_sub(1));
-            if first >= cut_from {
+            let last = ((off + len - 1) / ps).min(below.saturating_sub(1));
+            if first >= below {
                 break;
             }
             if first <= last {
-                touched.extend(first..=last);
+                touched.extend((first..=last).filter(|p| !span.journaled.contains(p)));
                 next = last + 1;
             }
         }
     }
-    // Then every page past the cut, without listing them: a shrink can cut millions.
-    let candidates: Box<dyn Iterator<Item = u64>> = if every_page {
-        Box::new(0..old_pages)
+    // Then every present page past the cut, without listing them: a shrink can cut millions.
+    let cut = if every_page {
+        // The span's only batch (it changes the page size), so nothing is journaled yet.
+        0..old_pages
     } else {
-        Box::new(touched.into_iter().chain(cut_from..old_pages))
+        cut_from..old_pages.min(orig)
     };
 
-    let mut old = vec![0u8; old_ps as usize];
-    let mut new = vec![0u8; old_ps as usize];
+    let mut old = vec![0u8; span.page_size as usize];
+    let mut new = vec![0u8; span.page_size as usize];
     let mut n = 0u64;
-    for idx in candidates {
+    let candidates = touched
+        .into_iter()
+        .map(|idx| (idx, false))
+        .chain(cut.map(|idx| (idx, true)));
+    for (idx, is_cut) in candidates {
         let pgno = idx + 1;
-        if pgno == lock_pgno {
+        if pgno == lock_pgno || span.journaled.contains(&idx) {
             continue;
         }
+        // Not journaled yet, so not changed since the span began: the file holds its image then
+        // (zeros past the end: a page cut earlier in the span was journaled unless all zeros).
         read_padded(file, &mut old, idx * ps)?;
-        if !every_page && idx < cut_from {
+        if !is_cut {
             new.copy_from_slice(&old);
             writes.read_covered(idx * ps, &mut new)?;
             if new == old {
                 continue; // rewritten with identical bytes: nothing to restore
             }
-        }
-        if idx >= cut_from && old.iter().all(|&b| b == 0) {
+        } else if idx >= cut_from && old.iter().all(|&b| b == 0) {
             // A zero page past the cut: a rollback first sets the file back to its original
-            // size (ours and SQLite's alike), which brings it back as zeros.
+            // size (ours and SQLite's alike), which brings it back as zeros. Should a later batch
+            // of the span write it again, it is journaled then (as touched, with zeros).
             continue;
         }
-        // pgno <= old_pages, which the caller checked fits in u32.
+        // pgno <= orig, which fits in u32 (checked when the span opened).
         let pgno = u32::try_from(pgno).map_err(|_| invalid("page number out of range"))?;
-        jw.append(pgno, &old)?;
+        span.journal.append(pgno, &old)?;
+        span.journaled.insert(idx);
         n += 1;
     }
     Ok(n)

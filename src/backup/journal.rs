@@ -7,9 +7,12 @@
 //! - nRec records of `u32 pgno`, the page's original content, `u32 checksum`, where the checksum
 //!   is the nonce plus every 200th byte of the page counted down from `page_size - 200`.
 //!
-//! Invariant of the writer: the journal is not hot (first byte zero) until every record is
-//! durable; `finish` syncs the records, then writes the magic and nRec, then syncs again. So a
-//! reader sees either a non-hot journal (ignored, database untouched) or a complete one.
+//! Invariant of the writer: nRec never counts a record before that record is durable; `finish`
+//! syncs the records, then writes the magic and nRec, then syncs again. So a reader sees either
+//! a non-hot journal (ignored, database untouched) or one whose every counted record is whole.
+//! A writer may append and `finish` again (a backup span, `apply`): records past the durable
+//! nRec are not played back until the next `finish` counts them, and they only hold pre-images
+//! of pages the database has not changed yet.
 //!
 //! The journal file is persistent, like SQLite's `journal_mode=PERSIST`: it is reused by every
 //! apply and finalized by zeroing its header (`finalize`), which a reader treats as "not hot".
@@ -186,6 +189,11 @@ impl JournalWriter {
         self.n_rec
     }
 
+    /// Length of the journal's header and records so far.
+    pub fn bytes(&self) -> u64 {
+        u64::from(SECTOR_SIZE) + u64::from(self.n_rec) * (u64::from(self.page_size) + 8)
+    }
+
     /// Appends the original content of page `pgno` (exactly `page_size` bytes).
     pub fn append(&mut self, pgno: u32, data: &[u8]) -> io::Result<()> {
         if data.len() != self.page_size as usize || pgno == 0 {
@@ -215,7 +223,7 @@ impl JournalWriter {
     pub fn finish(&mut self) -> io::Result<()> {
         self.out.flush()?;
         let f = self.out.get_ref();
-        let end = u64::from(SECTOR_SIZE) + u64::from(self.n_rec) * (u64::from(self.page_size) + 8);
+        let end = self.bytes();
         let next_header = end.div_ceil(u64::from(SECTOR_SIZE)) * u64::from(SECTOR_SIZE);
         f.write_all_at(&[0u8; SECTOR_SIZE as usize], next_header)?;
         // fdatasync, not fsync: the records and header need their data (and the file's size)

@@ -243,6 +243,17 @@ impl<'a> Guard<'a> {
     pub fn unlock(mut self) -> io::Result<()> {
         self.lock.unlock_all()
     }
+
+    /// Downgrades to RESERVED and leaves that lock with the open file description when the guard
+    /// goes: nothing releases it until a later guard on the same description unlocks (taking
+    /// RESERVED again through a new guard is a no-op for the description, which already owns
+    /// the byte). Used by a backup span that holds RESERVED between its batches.
+    pub fn keep_reserved(mut self) -> io::Result<()> {
+        self.lock.downgrade_to_reserved()?;
+        self.lock.level = Level::None;
+        self.lock.pending = false;
+        Ok(())
+    }
 }
 
 /// Calls `f` until it stops returning `WouldBlock` or `timeout` passes, sleeping 1 ms doubling

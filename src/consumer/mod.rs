@@ -14,7 +14,12 @@
 //!   the backup. A gap in the sequence numbers, a torn sealed record, or a record that does not
 //!   continue the previous one's source state (change counter, WAL frame position) means a change
 //!   the spool does not have: resync, never guess.
-//! - A segment is deleted only after every record in it is in the backup (and the backup synced).
+//! - A segment is deleted only after every record in it is in the backup. Batches are applied in
+//!   spans (`backup::apply`): visible to the backup's readers at once, committed durably when the
+//!   span closes (idle, age, journal size, a `spool_sync` waiting, a close, a resync). A span
+//!   that rolls back instead (our failure, or the process dying with it open, which
+//!   `span_owner` in the control file tells the next active consumer) is repaired by a resync,
+//!   never by replaying records.
 //! - A panic in the loop body is caught, reported, and answered with a resync.
 //! - Changes nobody captured are looked for: before each incremental apply the backup must still
 //!   be the file we last wrote (device, inode, size, header counters), and while idle the source
@@ -59,10 +64,19 @@ const POLL: Duration = Duration::from_millis(2);
 /// How long after the last record the consumer keeps polling before it parks.
 const STAY_AWAKE: Duration = Duration::from_secs(1);
 /// Group commit on the backup: a batch is applied once its oldest record is this old (or the
-/// backlog is large). Every apply costs three fsyncs on the backup's filesystem, and fsyncs there
-/// slow down the application's own fsyncs; grouping keeps them to ~100/s under any write rate
-/// while the lag stays around 10 ms.
+/// backlog is large). Each batch takes the backup's EXCLUSIVE lock (waiting for its readers) and,
+/// when it changes pages its span has not journaled yet, costs two journal syncs.
 const GROUP_AGE_US: u64 = 8_000;
+/// A span of batches on the backup (`backup::apply`) is committed once its last batch is this
+/// old: a quiet source gets a durable backup soon after its last commit.
+const SPAN_IDLE: Duration = Duration::from_millis(50);
+/// ... or once the span is this old: about the most a kill -9 or power loss can take the backup
+/// back (a resync then brings it forward again), and under a steady stream of commits what sets
+/// the rate of the backup's own syncs (the application's fsyncs on the same device queue behind
+/// each of them): ~3 per span.
+const SPAN_MAX_AGE: Duration = Duration::from_millis(250);
+/// ... or once its journal holds this much.
+const SPAN_MAX_JOURNAL: u64 = 32 << 20;
 /// Backlog (transactions) that triggers an apply without waiting for `GROUP_AGE_US`.
 const GROUP_MAX_RECORDS: u64 = 512;
 /// Bytes after which a segment is closed and the next transaction starts a new one.
@@ -117,6 +131,8 @@ struct Consumer {
     pid: u64,
     /// The backup as we left it after our last apply (`None`: not known yet).
     backup_fp: Option<Fingerprint>,
+    /// The span of batches open on the backup, if any (`backup::apply`).
+    span: Option<apply::Span>,
     last_check: Instant,
     /// When a record was last applied (the consumer polls for a while after).
     last_work: Instant,
@@ -173,6 +189,7 @@ pub fn start(
         lock_file: None,
         pid,
         backup_fp,
+        span: None,
         last_check: Instant::now(),
         last_work: Instant::now(),
         seen_captured: 0,
@@ -251,6 +268,9 @@ impl Consumer {
                 Err(_) => {
                     self.failures += 1;
                     self.cursor.reader = None;
+                    // Dropped without a close: its RESERVED stays with the backup's description
+                    // until the resync's recovery rolls its journal back and unlocks.
+                    self.span = None;
                     self.state
                         .report_error("internal error (panic) in the consumer; resyncing".into());
                     self.state.control.bump_lost();
@@ -267,6 +287,9 @@ impl Consumer {
             }
         }
         if self.lock_file.is_some() {
+            if let Err(e) = self.close_span() {
+                self.state.report_error(e);
+            }
             self.record_clean_close();
             self.state.control.set_consumer(0, now_us());
         }
@@ -377,6 +400,9 @@ impl Consumer {
         let moved = c.follow().map_err(err)?
             || (self.lock_file.is_some() && c.relocate_if_gone().map_err(err)?);
         if moved {
+            if let Err(e) = self.close_span() {
+                self.state.report_error(e);
+            }
             self.state.report_error(format!(
                 "spool directory {} was deleted or replaced: recreated, resyncing",
                 self.state.cfg.spool.display()
@@ -412,6 +438,16 @@ impl Consumer {
         self.lock_file = Some(f);
         let c = &self.state.control;
         c.set_consumer(self.pid, now_us());
+        let owner = c.span_owner();
+        if owner != 0 {
+            // The consumer before us stopped without committing its span: the backup rolls back
+            // (or already did) to a state before the applied one.
+            self.state.report_error(format!(
+                "process {owner} stopped with batches uncommitted on the backup: resyncing"
+            ));
+            c.bump_lost();
+            c.set_span_owner(0);
+        }
         let a = c.applied();
         self.cursor = Cursor {
             reader: None,
@@ -437,7 +473,11 @@ impl Consumer {
             self.state.report_error(msg);
             c.bump_lost();
         }
+        self.close_span_if_due()?;
         if c.resynced_gen() < c.lost_gen() {
+            if let Err(e) = self.close_span() {
+                self.state.report_error(e);
+            }
             self.set_phase(Phase::Resyncing);
             let r = resync::run(self);
             self.set_phase(if r.is_ok() {
@@ -457,6 +497,10 @@ impl Consumer {
             c.set_behind_since(0);
             self.set_phase(Phase::Live);
             let asked = requested > lock(&self.state.progress).checks_done;
+            if asked {
+                // `spool_sync` in this process: what it was promised should be durable.
+                self.close_span()?;
+            }
             if asked || self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 let changed = self
@@ -519,7 +563,18 @@ impl Consumer {
         let bump = bump_needed(&records);
         // The page lists are in the write set now; a huge transaction should not hold both.
         drop(records);
-        if let Err(e) = self.apply_sized(writes, last.db_size, last.page_size, bump, started) {
+        // Someone waits in `spool_sync`, or the last close drains: commit the span before the new
+        // state is published, so what they were promised is durable.
+        let keep_open = !stopping && self.state.sync_waiters.load(Ordering::Acquire) == 0;
+        let applied_now = self.apply_sized(
+            writes,
+            last.db_size,
+            last.page_size,
+            bump,
+            started,
+            keep_open,
+        );
+        if let Err(e) = applied_now {
             // Reading advanced the cursor past records that are not in the backup: go back to
             // the last applied position so the retry reads them again.
             self.cursor = Cursor {
@@ -685,8 +740,9 @@ impl Consumer {
         }
     }
 
-    /// Applies `writes` to the backup and counts them; `busy_since` is when the consumer started
-    /// on them (reading the batch, or the resync's compare), for `apply_ms`.
+    /// Applies `writes` to the backup in the open span (or a new one) and counts them; commits
+    /// the span unless `keep_open`. `busy_since` is when the consumer started on them (reading
+    /// the batch, or the resync's compare), for `apply_ms`.
     fn apply_sized(
         &mut self,
         writes: WriteSet,
@@ -694,6 +750,7 @@ impl Consumer {
         page_size: u32,
         bump: bool,
         busy_since: Instant,
+        keep_open: bool,
     ) -> Result<(), String> {
         let req = ApplyRequest {
             writes,
@@ -701,23 +758,41 @@ impl Consumer {
             page_size,
             bump_counter_if_unchanged: bump,
         };
-        let opts = ApplyOptions {
-            lock_timeout: LOCK_TIMEOUT,
-            sync: true,
-            fail_at: None,
-        };
+        let c = self.state.control.clone();
+        if self.span.is_none() {
+            // Before the span can exist: should we die with it open, the next consumer knows.
+            c.set_span_owner(self.pid);
+        }
         let result = match crate::faults::io_error("backup_eio", libc::EIO) {
-            Some(e) => Err(e),
-            None => apply::apply(&self.state.cfg.backup, req, &opts),
+            Some(e) => Err(apply::ApplyFailure::from(e)),
+            None => apply::apply_batch(
+                &mut self.span,
+                &self.state.cfg.backup,
+                req,
+                &apply_options(),
+            ),
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
         self.backup_fp = None;
-        let report = result.map_err(|e| {
-            format!(
-                "applying to backup {}: {e}",
-                self.state.cfg.backup.display()
-            )
-        })?;
+        let report = match result {
+            Ok(report) => report,
+            Err(f) => {
+                if f.reverted {
+                    c.bump_lost();
+                } else if self.span.is_none() {
+                    c.set_span_owner(0);
+                }
+                return Err(format!(
+                    "applying to backup {}: {}{}",
+                    self.state.cfg.backup.display(),
+                    f.error,
+                    if f.reverted { "; resyncing" } else { "" }
+                ));
+            }
+        };
+        if !keep_open {
+            self.close_span()?;
+        }
         self.backup_fp = fingerprint(&self.state.cfg.backup).ok().flatten();
         let mut p = lock(&self.state.progress);
         p.bytes_applied += report.bytes_written;
@@ -727,6 +802,39 @@ impl Consumer {
         Ok(())
     }
 
+    /// Commits the open span on the backup, if any. On failure the backup goes back to the
+    /// span's start, behind the published applied state: resync.
+    fn close_span(&mut self) -> Result<(), String> {
+        if self.span.is_none() {
+            return Ok(());
+        }
+        let c = &self.state.control;
+        match apply::close_span(&mut self.span, &apply_options()) {
+            Ok(()) => {
+                c.set_span_owner(0);
+                Ok(())
+            }
+            Err(e) => {
+                self.backup_fp = None;
+                c.bump_lost();
+                Err(format!(
+                    "committing to backup {}: {e}; resyncing",
+                    self.state.cfg.backup.display()
+                ))
+            }
+        }
+    }
+
+    /// Commits the open span once it is idle, old or large (`SPAN_*`).
+    fn close_span_if_due(&mut self) -> Result<(), String> {
+        let due = self.span.as_ref().is_some_and(|s| {
+            s.last_batch().elapsed() >= SPAN_IDLE
+                || s.opened().elapsed() >= SPAN_MAX_AGE
+                || s.journal_len() >= SPAN_MAX_JOURNAL
+        });
+        if due { self.close_span() } else { Ok(()) }
+    }
+
     /// Deletes segments older than `segment`: all their records are in the (synced) backup.
     fn trim_before(&self, segment: u64) {
         if let Ok(list) = list_segments(&self.state.cfg.spool) {
@@ -734,6 +842,14 @@ impl Consumer {
                 let _ = std::fs::remove_file(segment_path(&self.state.cfg.spool, n));
             }
         }
+    }
+}
+
+fn apply_options() -> ApplyOptions {
+    ApplyOptions {
+        lock_timeout: LOCK_TIMEOUT,
+        sync: true,
+        fail_at: None,
     }
 }
 

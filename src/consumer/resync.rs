@@ -329,7 +329,9 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         page_size = r.info.page_size;
     }
     let bump = source_is_wal || any_commit;
-    c.apply_sized(writes, final_size, page_size, bump, started)?;
+    // Committed (span closed) before the new state is published: a resync is what repairs a span
+    // that rolled back, so its own result must not depend on one.
+    c.apply_sized(writes, final_size, page_size, bump, started, false)?;
 
     // The source state the copy shows, in the terms of a record's chain data: what the backup
     // equals if no record was replayed. Rollback: the change counter read before the copy (a

@@ -31,6 +31,8 @@
 //! 200  sealed_wal_frames     "                               (in the seal_lock seqlock)
 //! 208  wal_verified          writer ending a WAL generation  token of the last generation
 //!                                                            checked complete when it ended
+//! 216  span_owner            active consumer                 pid with a backup span open (its
+//!                                                            batches roll back if it dies), 0
 //! 256  pids[64]              each process                    processes that have the db open
 //! 768  clean_lock (seqlock)  last process to close           the clean-close record:
 //! 776  clean_seq             "                               last sealed = applied seq, + 1
@@ -85,6 +87,7 @@ const SEALED_TOKEN: usize = 184;
 const SEALED_MODE_KIND: usize = 192;
 const SEALED_WAL_FRAMES: usize = 200;
 const WAL_VERIFIED: usize = 208;
+const SPAN_OWNER: usize = 216;
 const CLEAN_LOCK: usize = 768;
 const CLEAN_SEQ: usize = 776;
 const CLEAN_LOST: usize = 784;
@@ -417,6 +420,16 @@ impl Control {
     /// Pid of the process with an unsealed transaction (0: none).
     pub fn txn_owner(&self) -> u64 {
         self.load(TXN_OWNER)
+    }
+
+    /// The process whose consumer has a span open on the backup (`backup::apply`), 0 if none:
+    /// should it die, the backup rolls back to the span's start, behind the applied state.
+    pub fn span_owner(&self) -> u64 {
+        self.load(SPAN_OWNER)
+    }
+
+    pub fn set_span_owner(&self, pid: u64) {
+        self.store(SPAN_OWNER, pid)
     }
 
     pub fn set_txn_owner(&self, pid: u64) {

@@ -65,7 +65,8 @@ def test_kill9_during_live_reads_keeps_backup_consistent(
     con = connections(db, backup)
     ctx = f"{kind}/{journal} kill -9, {stats}; {repro}"
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
-    assert_reader_stats(stats, repro)
+    # One kill: the span the dead process had open may take the backup back once, to its start.
+    assert_reader_stats(stats, repro, steps_back_allowed=1)
     assert sh.scalar(con, "SELECT sum(balance) FROM accounts") == ACCOUNTS * 1000
 
 

@@ -63,8 +63,13 @@ def stop_reader(reader, stop_file) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def assert_reader_stats(stats, repro, min_states=3):
+def assert_reader_stats(stats, repro, min_states=3, steps_back_allowed=0):
+    """`steps_back_allowed`: how many times the backup may go back (once per kill -9 of the
+    process applying to it: its open span rolls back; see backup::apply)."""
     assert stats["violations"] == 0, f"backup readers saw inconsistent states: {stats}; {repro}"
+    assert len(stats["went_back"]) <= steps_back_allowed, (
+        f"the backup went back in time more often than processes were killed: {stats}; {repro}"
+    )
     assert stats["reads"] >= 20, f"too few successful reads of the backup: {stats}; {repro}"
     assert stats["states"] >= min_states, f"backup did not visibly advance: {stats}; {repro}"
 

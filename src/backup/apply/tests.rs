@@ -568,3 +568,187 @@ fn cut_zero_pages_are_not_journaled_and_still_come_back() {
         assert!(std::fs::read(&backup).unwrap() == before, "cli={via_cli}");
     }
 }
+
+/// Copies the backup and its journal as a crash would leave them (our locks do not travel with
+/// the copy) and opens the copy with the sqlite3 CLI, which rolls the hot journal back.
+fn crash_copy(t: &Tmp, backup: &Path, name: &str) -> PathBuf {
+    let copy = t.p(name);
+    std::fs::copy(backup, &copy).unwrap();
+    let j = journal_path(backup);
+    if j.exists() {
+        std::fs::copy(&j, journal_path(&copy)).unwrap();
+    }
+    assert_eq!(sql(&copy, "PRAGMA integrity_check;"), "ok\n", "{name}");
+    copy
+}
+
+#[test]
+fn a_span_applies_many_batches_and_rolls_back_to_its_start() {
+    let t = Tmp::new("span");
+    let a = t.p("a.db");
+    make_a(&a, 4096, 400);
+    // Each state from the one before: grow, shrink below the span's start size (VACUUM cuts
+    // pages), grow again over the cut pages, then a one-row change.
+    let steps = [
+        fill(400),
+        "DELETE FROM t WHERE id % 5 != 0; VACUUM;".to_string(),
+        fill(900),
+        "UPDATE t SET v = 'changed' WHERE id = 5;".to_string(),
+    ];
+    let mut states = vec![a.clone()];
+    for (i, script) in steps.iter().enumerate() {
+        let next = t.p(&format!("s{}.db", i + 1));
+        make_b(states.last().unwrap(), &next, script);
+        states.push(next);
+    }
+    let a_len = std::fs::metadata(&a).unwrap().len();
+    assert!(
+        std::fs::metadata(&states[2]).unwrap().len() < a_len,
+        "step 2 must shrink"
+    );
+    assert!(
+        std::fs::metadata(&states[3]).unwrap().len() > a_len,
+        "step 3 must regrow"
+    );
+
+    let backup = t.p("backup.db");
+    std::fs::copy(&a, &backup).unwrap();
+    let o = opts(None);
+    let mut span = None;
+    let mut journaled = 0;
+    for (i, state) in states.iter().enumerate().skip(1) {
+        let (ws, size, ps) = pages_of(state);
+        let req = ApplyRequest {
+            writes: ws,
+            final_size: size,
+            page_size: ps,
+            bump_counter_if_unchanged: false,
+        };
+        let rep = apply_batch(&mut span, &backup, req, &o).unwrap();
+        journaled += rep.pages_journaled;
+        assert!(span.is_some(), "batch {i}: the span stays open");
+        assert!(
+            std::fs::read(&backup).unwrap() == std::fs::read(state).unwrap(),
+            "batch {i}: the backup holds the batch's state"
+        );
+        // Another process reads the live backup: it finds our hot journal, sees RESERVED held,
+        // and reads the batch's state without rolling anything back.
+        assert_eq!(sql(&backup, "PRAGMA integrity_check;"), "ok\n", "batch {i}");
+        assert_eq!(count(&backup), count(state), "batch {i}");
+        assert!(is_hot(&journal_path(&backup)).unwrap(), "batch {i}");
+        // A crash now goes back to the span's start, byte for byte.
+        let copy = crash_copy(&t, &backup, &format!("crash{i}.db"));
+        assert!(
+            std::fs::read(&copy).unwrap() == std::fs::read(&a).unwrap(),
+            "batch {i}: a crash must roll back to the span's start"
+        );
+    }
+    // Pages journaled once each: no more than the span-start database had.
+    assert!(journaled <= a_len / 4096, "journaled {journaled} pages");
+    close_span(&mut span, &o).unwrap();
+    assert!(!is_hot(&journal_path(&backup)).unwrap());
+    let last = states.last().unwrap();
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(last).unwrap());
+    let copy = crash_copy(&t, &backup, "after_close.db");
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(last).unwrap());
+    // The lock went with the span: a writer can take the backup now.
+    sql(&backup, "BEGIN IMMEDIATE; COMMIT;");
+}
+
+#[test]
+fn a_span_ends_cleanly_on_a_page_size_change_and_on_failure() {
+    let t = Tmp::new("spanfail");
+    let (a, b) = setup(&t, 4096, "PRAGMA page_size=1024; VACUUM;");
+    let c = t.p("c.db");
+    make_b(&b, &c, "INSERT INTO t(v) VALUES('after');");
+    let backup = t.p("backup.db");
+    std::fs::copy(&a, &backup).unwrap();
+    let o = opts(None);
+    let mut span = None;
+    for state in [&b, &c] {
+        let (ws, size, ps) = pages_of(state);
+        let req = ApplyRequest {
+            writes: ws,
+            final_size: size,
+            page_size: ps,
+            bump_counter_if_unchanged: false,
+        };
+        apply_batch(&mut span, &backup, req, &o).unwrap();
+        assert!(std::fs::read(&backup).unwrap() == std::fs::read(state).unwrap());
+    }
+    // The page-size change was a span of its own, committed before `c` began a new one.
+    let copy = crash_copy(&t, &backup, "crash.db");
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&b).unwrap());
+
+    // A batch failing among its database writes after an earlier batch of the span reports that
+    // the backup goes back past that batch, and leaves the hot journal that takes it there.
+    let d = t.p("d.db");
+    make_b(&c, &d, &fill(300));
+    let (ws, size, ps) = pages_of(&d);
+    let req = ApplyRequest {
+        writes: ws,
+        final_size: size,
+        page_size: ps,
+        bump_counter_if_unchanged: false,
+    };
+    let failure = apply_batch(
+        &mut span,
+        &backup,
+        req,
+        &opts(Some(FailPoint::AfterSomeDbWrites)),
+    )
+    .unwrap_err();
+    assert!(failure.reverted && span.is_none());
+    assert!(recover(&backup, Duration::from_secs(5)).unwrap());
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn a_zero_page_cut_and_written_again_in_one_span_is_restored() {
+    let t = Tmp::new("spanzero");
+    let backup = t.p("backup.bin");
+    let ps = 512usize;
+    // Four pages, the middle two all zeros (as a file extended but not written leaves them).
+    let mut start = vec![0u8; 4 * ps];
+    start[..ps].fill(0x11);
+    start[3 * ps..].fill(0x44);
+    std::fs::write(&backup, &start).unwrap();
+    let page = |byte: u8| Source::Bytes {
+        data: Arc::new(vec![byte; ps]),
+        start: 0,
+    };
+    let o = opts(None);
+    let mut span = None;
+    // Batch 1 cuts the file to one page: the zero pages need no journal record then.
+    let req = ApplyRequest {
+        writes: WriteSet::new(),
+        final_size: ps as u64,
+        page_size: ps as u32,
+        bump_counter_if_unchanged: false,
+    };
+    apply_batch(&mut span, &backup, req, &o).unwrap();
+    // Batch 2 grows it back and writes page 2: now its zeros must be journaled, since a rollback
+    // only cuts the file back to four pages.
+    let mut writes = WriteSet::new();
+    writes.insert(ps as u64, ps as u64, page(0x22));
+    let req = ApplyRequest {
+        writes,
+        final_size: 4 * ps as u64,
+        page_size: ps as u32,
+        bump_counter_if_unchanged: false,
+    };
+    apply_batch(&mut span, &backup, req, &o).unwrap();
+    assert_eq!(std::fs::read(&backup).unwrap()[ps..2 * ps], vec![0x22; ps]);
+    // Crash: the span's locks go, the journal stays; recovery must give back the start.
+    drop(span.take());
+    super::unlock_description(
+        &crate::backup::handle::open(&backup, false)
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(recover(&backup, Duration::from_secs(5)).unwrap());
+    assert!(
+        std::fs::read(&backup).unwrap() == start,
+        "rolled back to the span's start"
+    );
+}
