@@ -113,6 +113,17 @@ fn opts(fail_at: Option<FailPoint>) -> ApplyOptions {
     }
 }
 
+/// A request that takes the backup to the database at `path`, every page of it.
+fn request_of(path: &Path) -> ApplyRequest {
+    let (writes, final_size, page_size) = pages_of(path);
+    ApplyRequest {
+        writes,
+        final_size,
+        page_size,
+        bump_counter_if_unchanged: false,
+    }
+}
+
 fn apply_file(backup: &Path, b: &Path, o: &ApplyOptions) -> io::Result<ApplyReport> {
     let (ws, size, ps) = pages_of(b);
     let req = ApplyRequest {
@@ -617,13 +628,7 @@ fn a_span_applies_many_batches_and_rolls_back_to_its_start() {
     let mut span = None;
     let mut journaled = 0;
     for (i, state) in states.iter().enumerate().skip(1) {
-        let (ws, size, ps) = pages_of(state);
-        let req = ApplyRequest {
-            writes: ws,
-            final_size: size,
-            page_size: ps,
-            bump_counter_if_unchanged: false,
-        };
+        let req = request_of(state);
         let rep = apply_batch(&mut span, &backup, req, &o).unwrap();
         journaled += rep.pages_journaled;
         assert!(span.is_some(), "batch {i}: the span stays open");
@@ -666,13 +671,7 @@ fn a_span_ends_cleanly_on_a_page_size_change_and_on_failure() {
     let o = opts(None);
     let mut span = None;
     for state in [&b, &c] {
-        let (ws, size, ps) = pages_of(state);
-        let req = ApplyRequest {
-            writes: ws,
-            final_size: size,
-            page_size: ps,
-            bump_counter_if_unchanged: false,
-        };
+        let req = request_of(state);
         apply_batch(&mut span, &backup, req, &o).unwrap();
         assert!(std::fs::read(&backup).unwrap() == std::fs::read(state).unwrap());
     }
@@ -684,13 +683,7 @@ fn a_span_ends_cleanly_on_a_page_size_change_and_on_failure() {
     // the backup goes back past that batch, and leaves the hot journal that takes it there.
     let d = t.p("d.db");
     make_b(&c, &d, &fill(300));
-    let (ws, size, ps) = pages_of(&d);
-    let req = ApplyRequest {
-        writes: ws,
-        final_size: size,
-        page_size: ps,
-        bump_counter_if_unchanged: false,
-    };
+    let req = request_of(&d);
     let failure = apply_batch(
         &mut span,
         &backup,
