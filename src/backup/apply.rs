@@ -43,7 +43,9 @@ use super::journal::{
     JournalWriter, finalize, is_hot, journal_path, lock_byte_pgno, rollback_hot_journal,
     sync_parent_dir, valid_page_size,
 };
-use super::lock::{Guard, PENDING_BYTE, lock_exclusive_with_retry, lock_reserved_with_retry};
+use super::lock::{
+    BackupLock, Guard, PENDING_BYTE, lock_exclusive_with_retry, lock_reserved_with_retry,
+};
 use super::writeset::{Source, WriteSet};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -308,11 +310,9 @@ pub fn apply_batch(
             reverted: true,
         })?;
     }
-    if span.is_none() {
-        *span = Some(open_span(backup_path, req.page_size, opts)?);
-    }
-    let Some(s) = span.as_mut() else {
-        return Err(io::Error::other("no span").into());
+    let s = match span.take() {
+        Some(s) => span.insert(s),
+        None => span.insert(open_span(backup_path, req.page_size, opts)?),
     };
     let written_before = s.db_written;
     let file = s.file.clone();
@@ -364,12 +364,11 @@ pub fn apply_batch(
         s.db_written = true;
         write_db(&file, &req.writes, &req, opts, &mut report).map_err(at(Stage::Database))?;
         file.set_len(req.final_size).map_err(at(Stage::Database))?;
+        s.last_batch = Instant::now();
         Ok(report)
     })();
     match result {
         Ok(report) => {
-            let s = span.as_mut().ok_or_else(|| io::Error::other("no span"))?;
-            s.last_batch = Instant::now();
             if let Err(error) = guard.keep_reserved() {
                 // Readers may be locked out; whoever opens the backup next rolls back.
                 *span = None;
@@ -417,13 +416,10 @@ fn fail_span(
         };
     };
     let reverted = match stage {
-        Stage::Crash => {
-            // A crash releases the locks and nothing else.
-            unlock_description(&s.file);
-            written_before
-        }
-        Stage::Database => {
-            // Rolled back by whoever opens the backup next (`apply`, `recover`, any SQLite).
+        Stage::Crash | Stage::Database => {
+            // A crash releases the locks and nothing else; after a failed database write the
+            // hot journal is rolled back by whoever opens the backup next (`apply`, `recover`,
+            // any SQLite).
             unlock_description(&s.file);
             written_before
         }
@@ -445,10 +441,8 @@ fn fail_span(
 
 /// Releases every lock the backup's shared description holds (a span's kept RESERVED too).
 fn unlock_description(file: &File) {
-    // A guard on the description, whatever it holds, releases it all when unlocked.
-    if let Ok(guard) = lock_reserved_with_retry(file, Duration::ZERO) {
-        let _ = guard.unlock();
-    }
+    // Unlocking through a fresh lock state releases whatever the description holds.
+    let _ = BackupLock::new(file).unlock_all();
 }
 
 /// Starts a span: RESERVED on the backup (created if missing), a crashed apply's hot journal
@@ -561,7 +555,7 @@ fn write_journal(
                 break;
             }
             if first <= last {
-                touched.extend((first..=last).filter(|p| !span.journaled.contains(p)));
+                touched.extend(first..=last);
                 next = last + 1;
             }
         }

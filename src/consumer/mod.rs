@@ -287,9 +287,7 @@ impl Consumer {
             }
         }
         if self.lock_file.is_some() {
-            if let Err(e) = self.close_span() {
-                self.state.report_error(e);
-            }
+            self.close_span_or_report();
             self.record_clean_close();
             self.state.control.set_consumer(0, now_us());
         }
@@ -400,9 +398,7 @@ impl Consumer {
         let moved = c.follow().map_err(err)?
             || (self.lock_file.is_some() && c.relocate_if_gone().map_err(err)?);
         if moved {
-            if let Err(e) = self.close_span() {
-                self.state.report_error(e);
-            }
+            self.close_span_or_report();
             self.state.report_error(format!(
                 "spool directory {} was deleted or replaced: recreated, resyncing",
                 self.state.cfg.spool.display()
@@ -475,9 +471,7 @@ impl Consumer {
         }
         self.close_span_if_due()?;
         if c.resynced_gen() < c.lost_gen() {
-            if let Err(e) = self.close_span() {
-                self.state.report_error(e);
-            }
+            self.close_span_or_report();
             self.set_phase(Phase::Resyncing);
             let r = resync::run(self);
             self.set_phase(if r.is_ok() {
@@ -825,6 +819,13 @@ impl Consumer {
         }
     }
 
+    /// `close_span` where the caller goes on either way (a failure already asked for a resync).
+    fn close_span_or_report(&mut self) {
+        if let Err(e) = self.close_span() {
+            self.state.report_error(e);
+        }
+    }
+
     /// Commits the open span once it is idle, old or large (`SPAN_*`).
     fn close_span_if_due(&mut self) -> Result<(), String> {
         let due = self.span.as_ref().is_some_and(|s| {
@@ -835,7 +836,8 @@ impl Consumer {
         if due { self.close_span() } else { Ok(()) }
     }
 
-    /// Deletes segments older than `segment`: all their records are in the (synced) backup.
+    /// Deletes segments older than `segment`: all their records are in the backup (a span that
+    /// rolls back is repaired by a resync, never from the spool).
     fn trim_before(&self, segment: u64) {
         if let Ok(list) = list_segments(&self.state.cfg.spool) {
             for n in list.into_iter().filter(|&n| n < segment) {
