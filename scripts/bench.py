@@ -172,17 +172,23 @@ class Bench:
 
 class LoadMeter:
     """How busy the machine was with OTHER work while a section ran: system-wide busy CPU time
-    (/proc/stat) minus what this script and its (reaped) children used, as a share of all cores.
-    Numbers measured while others load the machine are noisy; this says how much."""
+    (/proc/stat) minus what this script and its (reaped) children used, as a share of all cores;
+    and, apart from it, the time the hypervisor gave our vCPUs to other guests (steal), which no
+    process here can see but which stretches every wall-clock figure of a VM. Numbers measured
+    while others load the machine are noisy; this says how much."""
 
     def __init__(self):
-        self.t, self.busy, self.ours = time.monotonic(), self._busy(), self._ours()
+        self.t, self.ours = time.monotonic(), self._ours()
+        self.busy, self.steal = self._busy_and_steal()
 
     @staticmethod
-    def _busy():
+    def _busy_and_steal():
+        # user nice system idle iowait irq softirq steal ...: busy is what is neither idle nor
+        # stolen.
         fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        idle = fields[3] + fields[4]
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(fields[:7]) - fields[3] - fields[4]
+        return busy / tick, fields[7] / tick
 
     @staticmethod
     def _ours():
@@ -194,11 +200,14 @@ class LoadMeter:
 
     def result(self):
         wall = time.monotonic() - self.t
-        other = (self._busy() - self.busy) - (self._ours() - self.ours)
+        busy, steal = self._busy_and_steal()
+        other = (busy - self.busy) - (self._ours() - self.ours)
+        cores = wall * os.cpu_count()
         return {
             "seconds": round(wall, 1),
             "loadavg": os.getloadavg()[0],
-            "other_cpu_pct": round(max(0.0, 100 * other / (wall * os.cpu_count())), 1),
+            "other_cpu_pct": round(max(0.0, 100 * other / cores), 1),
+            "steal_pct": round(max(0.0, 100 * (steal - self.steal) / cores), 1),
         }
 
 
@@ -210,7 +219,8 @@ def section(results, name, fn, *args):
     results["load"][name] = meter.result()
     print(
         f"bench: {name} done in {results['load'][name]['seconds']} s "
-        f"(other load {results['load'][name]['other_cpu_pct']} %)",
+        f"(other load {results['load'][name]['other_cpu_pct']} %, "
+        f"steal {results['load'][name]['steal_pct']} %)",
         file=sys.stderr,
         flush=True,
     )

@@ -171,12 +171,18 @@ def glance(r):
 
 def header(r):
     m, load = r["machine"], r["load"]["overall"]
-    busy = load["other_cpu_pct"] >= 5
+    # Runs from before steal was measured have no steal_pct: they said nothing about it.
+    steal = load.get("steal_pct")
+    busy = load["other_cpu_pct"] >= 5 or (steal or 0) >= 5
+    said = f"other processes used {load['other_cpu_pct']} % of the CPUs" + (
+        f", the hypervisor took {steal} % of our vCPUs' time for other guests (steal)"
+        if steal is not None
+        else ""
+    )
     state = (
-        f"**machine busy**: other processes used {load['other_cpu_pct']} % of the CPUs "
-        "during the run, numbers are noisy"
+        f"**machine busy**: {said} during the run, numbers are noisy"
         if busy
-        else f"machine idle (other processes used {load['other_cpu_pct']} % of the CPUs)"
+        else f"machine idle ({said})"
     )
     kind = (
         "QUICK smoke run (tiny sizes, not representative)" if r["mode"] == "quick" else "full run"
