@@ -6,7 +6,7 @@
 //! Invariant (kept in the shared control file): the applied sequence number never passes the
 //! sealed one, and `resynced_gen >= lost_gen` means every loss so far was repaired by a resync.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -60,14 +60,6 @@ pub struct Progress {
     /// Pages compared and total pages of the running resync.
     pub resync_done: u64,
     pub resync_total: u64,
-    /// Source checks asked for (by `spool_sync`) and done by the active consumer here.
-    pub checks_requested: u64,
-    pub checks_done: u64,
-    /// The last sealed sequence number when the newest check was asked for. Applying a record
-    /// sealed after it also answers the check: that record's chain check compares the source state
-    /// it started from with the previous record's, so a change made without spoolvfs before the
-    /// request shows there. Records sealed before it prove nothing about what came after them.
-    pub check_after_seq: u64,
     /// This process opened the database as its first user and the clean-close record vouched
     /// for the backup, so no resync verified it (`consumer::cleanclose`).
     pub clean_open: bool,
@@ -95,8 +87,6 @@ pub struct DbState {
     pub wal_deleted_stamp: Mutex<Option<crate::filestamp::FileStamp>>,
     /// Bytes of page images captured by this process.
     pub bytes_captured: AtomicU64,
-    /// Callers of `spool_sync` waiting now: the consumer applies at once instead of grouping.
-    pub(crate) sync_waiters: AtomicU32,
 }
 
 /// Locks a mutex, ignoring poisoning: our state stays consistent across a panic because every
@@ -125,9 +115,6 @@ impl DbState {
                 apply_us: 0,
                 resync_done: 0,
                 resync_total: 0,
-                checks_requested: 0,
-                checks_done: 0,
-                check_after_seq: 0,
                 clean_open: false,
             }),
             changed: Condvar::new(),
@@ -137,7 +124,6 @@ impl DbState {
             parked: AtomicBool::new(false),
             wal_deleted_stamp: Mutex::new(None),
             bytes_captured: AtomicU64::new(0),
-            sync_waiters: AtomicU32::new(0),
         })
     }
 
@@ -216,16 +202,14 @@ impl DbState {
         cap.idle() && self.control.txn_owner() == pid && self.control.clear_txn_owner_if(pid)
     }
 
-    /// Waits until every transaction sealed (by any process) before the call is in the backup and
-    /// every loss known at the call is repaired. Returns false on timeout.
+    /// Waits until every transaction sealed (by any process) before the call is committed on the
+    /// backup (durable there, not only visible), every loss known at the call is repaired, and
+    /// the active consumer, in whichever process, has looked for changes made without spoolvfs
+    /// since: those count as committed before the call too. Returns false on timeout.
+    ///
+    /// The request goes through the control file (`sync_requested`/`sync_served`), so a caller
+    /// in a process whose consumer is passive is answered like one beside the active consumer.
     pub fn wait_synced(&self, timeout: Duration) -> bool {
-        self.sync_waiters.fetch_add(1, Ordering::AcqRel);
-        let done = self.wait_synced_inner(timeout);
-        self.sync_waiters.fetch_sub(1, Ordering::AcqRel);
-        done
-    }
-
-    fn wait_synced_inner(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // A transaction of this process that already ended in a rollback (exclusive locking mode
         // has no end event after it) counts as "before the call": seal it now. The size comes
@@ -233,41 +217,24 @@ impl DbState {
         let finished =
             lock(&self.capture).seal_finished_rollback(Duration::ZERO, &mut crate::capture::Unread);
         self.publish(finished);
-        let mut p = lock(&self.progress);
-        if p.active && p.phase != Phase::Stopped {
-            // Let the consumer look for changes made without spoolvfs first, so that they count as
-            // "committed before the call" too.
-            p.checks_requested += 1;
-            p.check_after_seq = self.control.sealed().seq;
-            let want = p.checks_requested;
-            drop(p);
-            self.ring();
-            p = lock(&self.progress);
-            while p.checks_done < want && p.active && Instant::now() < deadline {
-                let wait = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(5));
-                p = self
-                    .changed
-                    .wait_timeout(p, wait)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
-        drop(p);
-        let target = self.control.sealed().seq;
-        let gen_ = self.control.lost_gen();
+        let c = &self.control;
+        // Read before the ticket is taken: the consumer reads the request count before the sealed
+        // state, so the round that answers the ticket covers this target.
+        let target = c.sealed().seq;
+        let gen_ = c.lost_gen();
+        let ticket = c.request_sync();
         self.ring();
         let mut p = lock(&self.progress);
         loop {
-            if self.control.applied().seq >= target && self.control.resynced_gen() >= gen_ {
+            if c.sync_served() >= ticket && c.committed_seq() >= target && c.resynced_gen() >= gen_
+            {
                 return true;
             }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            // Another process's consumer may be the active one: poll the control file too.
+            // The active consumer may be another process's: poll the control file too.
             let wait = (deadline - now).min(Duration::from_millis(5));
             p = self
                 .changed

@@ -64,6 +64,9 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
         ("state", json_string(p.phase.name())),
         ("captured", captured.to_string()),
         ("applied", applied.seq.to_string()),
+        // Applied records whose span on the backup is committed (survive the applying process's
+        // death and a power loss); `applied` ones are visible to the backup's readers.
+        ("committed", c.committed_seq().min(applied.seq).to_string()),
         ("pending", pending_records.to_string()),
         (
             "pending_bytes",

@@ -143,6 +143,18 @@ struct Consumer {
     /// a later opener of the database rolls back. The close then ends without waiting out
     /// `drain_ms`; the resync stays pending in the control file for whoever opens next.
     drain_blocked: bool,
+    /// The `spool_sync` requests being answered, once one is seen (`SyncRound`).
+    sync_round: Option<SyncRound>,
+}
+
+/// `spool_sync` requests being answered (control file `sync_requested`): every request up to
+/// `upto` took its ticket after its caller read the sealed state it waits for, and `sealed_seq`
+/// was read after `upto`. So a record sealed after `sealed_seq`, once applied, answers them all:
+/// its chain check shows the source had no change made without spoolvfs before they were made.
+#[derive(Clone, Copy)]
+struct SyncRound {
+    upto: u64,
+    sealed_seq: u64,
 }
 
 /// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
@@ -195,6 +207,7 @@ pub fn start(
         seen_captured: 0,
         last_local_write: Instant::now(),
         drain_blocked: false,
+        sync_round: None,
     };
     let handle = std::thread::Builder::new()
         .name("spoolvfs-consumer".to_string())
@@ -443,6 +456,9 @@ impl Consumer {
             ));
             c.bump_lost();
             c.set_span_owner(0);
+        } else {
+            // Nothing is open on the backup: what it shows is committed.
+            c.set_committed_seq(c.applied().seq);
         }
         let a = c.applied();
         self.cursor = Cursor {
@@ -469,6 +485,9 @@ impl Consumer {
             self.state.report_error(msg);
             c.bump_lost();
         }
+        // Read before the sealed state (see `SyncRound`); `spool_sync` callers in any process.
+        let requested = c.sync_requested();
+        let wanted = requested > c.sync_served();
         self.close_span_if_due()?;
         if c.resynced_gen() < c.lost_gen() {
             self.close_span_or_report();
@@ -483,40 +502,43 @@ impl Consumer {
         }
         let sealed = c.sealed();
         let applied = c.applied();
-        let (requested, check_after_seq) = {
-            let p = lock(&self.state.progress);
-            (p.checks_requested, p.check_after_seq)
-        };
+        if wanted && self.sync_round.is_none() {
+            self.sync_round = Some(SyncRound {
+                upto: requested,
+                sealed_seq: sealed.seq,
+            });
+        }
         if applied.seq >= sealed.seq {
             c.set_behind_since(0);
             self.set_phase(Phase::Live);
-            let asked = requested > lock(&self.state.progress).checks_done;
-            if asked {
-                // `spool_sync` in this process: what it was promised should be durable.
+            if wanted {
+                // What a `spool_sync` caller is promised must be durable.
                 self.close_span()?;
             }
-            if asked || self.last_check.elapsed() >= CHECK_EVERY {
+            if wanted || self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 let changed = self
                     .source_changed()
                     .map_err(|e| format!("checking the source: {e}"))?;
                 if let Some(why) = changed {
-                    let r = self.lost(&why);
-                    self.checks_done(requested);
-                    return r;
+                    // Not answered: the resync comes first, then a clean look.
+                    return self.lost(&why);
                 }
             }
-            self.checks_done(requested);
+            if wanted {
+                // Caught up, committed, and the source checked after the requests were read.
+                c.serve_sync(requested);
+                self.sync_round = None;
+            }
             return Ok(Step::Idle);
         }
         // Busy: records follow, and the chain check on them catches foreign changes made before
-        // them. A requested check is answered once a record sealed after the request is applied
-        // (see `check_after_seq`); until then, catching up leads to the idle branch, which looks.
+        // them. Requests are answered once a record sealed after them is applied and committed
+        // (`SyncRound`); until then, catching up leads to the idle branch, which looks.
         let oldest = c.behind_since();
         let young = oldest != 0 && now_us().saturating_sub(oldest) < GROUP_AGE_US;
         let stopping = lock(&self.state.progress).stop_by.is_some();
-        let someone_waits = self.state.sync_waiters.load(Ordering::Acquire) > 0;
-        if young && sealed.seq - applied.seq < GROUP_MAX_RECORDS && !stopping && !someone_waits {
+        if young && sealed.seq - applied.seq < GROUP_MAX_RECORDS && !stopping && !wanted {
             return Ok(Step::Idle);
         }
         let started = Instant::now();
@@ -559,7 +581,7 @@ impl Consumer {
         drop(records);
         // Someone waits in `spool_sync`, or the last close drains: commit the span before the new
         // state is published, so what they were promised is durable.
-        let keep_open = !stopping && self.state.sync_waiters.load(Ordering::Acquire) == 0;
+        let keep_open = !stopping && !wanted;
         let applied_now = self.apply_sized(
             writes,
             last.db_size,
@@ -578,8 +600,12 @@ impl Consumer {
             return Err(e);
         }
         c.publish_applied(prev);
-        if prev.seq > check_after_seq {
-            self.checks_done(requested);
+        if self.span.is_none() {
+            c.set_committed_seq(prev.seq);
+            if let Some(round) = self.sync_round.filter(|r| prev.seq > r.sealed_seq) {
+                c.serve_sync(round.upto);
+                self.sync_round = None;
+            }
         }
         self.last_work = Instant::now();
         if c.sealed().seq == prev.seq {
@@ -588,15 +614,6 @@ impl Consumer {
         self.trim_before(prev.pos.segment);
         self.set_phase(Phase::Live);
         Ok(Step::Progress)
-    }
-
-    fn checks_done(&self, upto: u64) {
-        let mut p = lock(&self.state.progress);
-        if p.checks_done < upto {
-            p.checks_done = upto;
-            drop(p);
-            self.state.changed.notify_all();
-        }
     }
 
     /// Compares the source with the state after the last applied record, when nothing is pending.
@@ -806,6 +823,7 @@ impl Consumer {
         match apply::close_span(&mut self.span, &apply_options()) {
             Ok(()) => {
                 c.set_span_owner(0);
+                c.set_committed_seq(c.applied().seq);
                 Ok(())
             }
             Err(e) => {

@@ -33,6 +33,13 @@
 //!                                                            checked complete when it ended
 //! 216  span_owner            active consumer                 pid with a backup span open (its
 //!                                                            batches roll back if it dies), 0
+//! 224  sync_requested        any `spool_sync` caller         requests taken (a ticket counter)
+//! 232  sync_served           active consumer                 requests answered: a clean check
+//!                                                            of the source made after reading
+//!                                                            them, with everything sealed
+//!                                                            before them committed
+//! 240  committed_seq         active consumer                 last record durably in the backup
+//!                                                            (its span committed)
 //! 256  pids[64]              each process                    processes that have the db open
 //! 768  clean_lock (seqlock)  last process to close           the clean-close record:
 //! 776  clean_seq             "                               last sealed = applied seq, + 1
@@ -88,6 +95,9 @@ const SEALED_MODE_KIND: usize = 192;
 const SEALED_WAL_FRAMES: usize = 200;
 const WAL_VERIFIED: usize = 208;
 const SPAN_OWNER: usize = 216;
+const SYNC_REQUESTED: usize = 224;
+const SYNC_SERVED: usize = 232;
+const COMMITTED_SEQ: usize = 240;
 const CLEAN_LOCK: usize = 768;
 const CLEAN_SEQ: usize = 776;
 const CLEAN_LOST: usize = 784;
@@ -432,6 +442,35 @@ impl Control {
         self.store(SPAN_OWNER, pid)
     }
 
+    /// Takes a `spool_sync` ticket: the request is answered once `sync_served` reaches it.
+    pub fn request_sync(&self) -> u64 {
+        self.word(SYNC_REQUESTED).fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn sync_requested(&self) -> u64 {
+        self.load(SYNC_REQUESTED)
+    }
+
+    pub fn sync_served(&self) -> u64 {
+        self.load(SYNC_SERVED)
+    }
+
+    /// Answers every request up to `ticket`; never moves the count back (a consumer taking over
+    /// may have read an older request count than its predecessor served).
+    pub fn serve_sync(&self, ticket: u64) {
+        self.word(SYNC_SERVED).fetch_max(ticket, Ordering::AcqRel);
+    }
+
+    /// The last record whose batch is committed on the backup (not only visible in it): what
+    /// survives the applying process's death or a power loss.
+    pub fn committed_seq(&self) -> u64 {
+        self.load(COMMITTED_SEQ)
+    }
+
+    pub fn set_committed_seq(&self, seq: u64) {
+        self.store(COMMITTED_SEQ, seq)
+    }
+
     pub fn set_txn_owner(&self, pid: u64) {
         self.store(TXN_OWNER, pid)
     }
@@ -579,6 +618,21 @@ mod tests {
         assert_eq!(a.bump_lost(), 1);
         b.finish_resync(1);
         assert_eq!((a.resynced_gen(), a.resyncs()), (1, 1));
+    }
+
+    #[test]
+    fn sync_tickets_are_shared_and_answers_never_go_back() {
+        let d = dir("sync");
+        let caller = Control::open(&d).unwrap();
+        let consumer = Control::open(&d).unwrap();
+        assert_eq!((caller.request_sync(), caller.request_sync()), (1, 2));
+        assert_eq!(consumer.sync_requested(), 2);
+        consumer.serve_sync(2);
+        // A consumer that read an older count answers late: the answer stays.
+        consumer.serve_sync(1);
+        assert_eq!(caller.sync_served(), 2);
+        consumer.set_committed_seq(41);
+        assert_eq!(caller.committed_seq(), 41);
     }
 
     #[test]

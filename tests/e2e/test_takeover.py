@@ -200,3 +200,61 @@ def test_sigkill_active_consumer_during_large_backlog(
     assert rc == 0, f"expected B to exit 0: {err[-2000:]} [{ctx}]"
     con = connections(db, backup)
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+def rolled_back_copy(backup, dest) -> dict:
+    """What the backup holds once its hot journal (if any) is rolled back, as the next opener
+    would: the file and its journal copied aside and opened read-write with plain SQLite."""
+    import shutil
+    import sqlite3
+
+    journal = backup.with_name(backup.name + "-journal")
+    shutil.copyfile(backup, dest)
+    if journal.exists():
+        shutil.copyfile(journal, dest.with_name(dest.name + "-journal"))
+    con = sqlite3.connect(dest)
+    try:
+        return {
+            "marker": con.execute("SELECT count(*) FROM junk WHERE id = -1").fetchall(),
+            "sum": con.execute("SELECT sum(balance), count(*) FROM accounts").fetchall(),
+            "integrity": con.execute("PRAGMA integrity_check").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_sync_in_a_passive_process_survives_a_kill_of_the_consumer(
+    procs, child_env, connections, tmp_path, rng, repro, journal
+):
+    """A is the active consumer and keeps committing, so its span on the backup stays open; B
+    (passive) commits a marker row and calls spool_sync, which returns 1; then B and A are
+    SIGKILLed at once. The backup, rolled back as its next opener would, must hold the marker:
+    a sync answered in any process is committed on the backup, not only visible in a span that
+    a kill takes back. A later opener through spool repairs the rolled-back span by a resync."""
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    a = open_child(procs, child_env, tmp_path, db, backup, "a", journal)
+    a.sql(BANK)
+    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
+    b = open_child(procs, child_env, tmp_path, db, backup, "b", journal)
+    active, _ = active_consumer([a, b])
+    assert active is a, f"expected the consumer to stay with the first process [{ctx}]"
+    wa = Writer(a, rng)
+    wa.start()
+    assert wa.started_writing.wait(120), f"A did not start writing [{ctx}]"
+    time.sleep(rng.uniform(0.05, 0.2))
+    b.sql("INSERT INTO junk(id, v) VALUES(-1, x'01')")
+    got = b.sync(30000)
+    b.kill()
+    a.kill()
+    wa.join(60)
+    assert got == 1, f"expected spool_sync(30000) = 1 in B, got {got} [{ctx}]"
+    state = rolled_back_copy(backup, tmp_path / "crash.db")
+    assert state["integrity"] == [("ok",)], f"expected an intact backup: {state} [{ctx}]"
+    assert state["sum"] == [(TOTAL, ACCOUNTS)], f"expected the invariant: {state} [{ctx}]"
+    assert state["marker"] == [(1,)], (
+        f"expected B's synced marker row in the backup after the kill: {state} [{ctx}]"
+    )
+    con = connections(db, backup)
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
