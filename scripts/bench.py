@@ -125,6 +125,13 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def paired_ratio(arm, base, get):
+    """Median over rounds of arm/base within each round. Arms of one round run back to back, so
+    a host whose speed drifts over minutes (other guests, steal) moves both sides of each ratio
+    alike; the ratio of the medians mixes rounds run at different speeds."""
+    return median([ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)])
+
+
 def percentile(values, p):
     """Nearest-rank percentile, as c/bench.c computes it."""
     if not values:
@@ -432,6 +439,12 @@ def summarize_writer(raw):
                     ),
                     "elsewhere_p99_ratio": ratio(away.get("p99_ms"), med["unix"]["p99_ms"]),
                     "cpu_ratio": ratio(med["spool"]["cpu_us"], med["unix"]["cpu_us"]),
+                    "throughput_ratio_paired": paired_ratio(
+                        arm["spool"], arm["unix"], lambda r: r[unit]
+                    ),
+                    "p99_ratio_paired": paired_ratio(
+                        arm["spool"], arm["unix"], lambda r: r["txn_latency"]["p99_ms"]
+                    ),
                     "shim_cpu_ratio": ratio(med["passthru"]["cpu_us"], med["unix"]["cpu_us"]),
                     "elsewhere_cpu_ratio": ratio(away.get("cpu_us"), med["unix"]["cpu_us"]),
                 }
