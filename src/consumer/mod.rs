@@ -14,12 +14,14 @@
 //!   the backup. A gap in the sequence numbers, a torn sealed record, or a record that does not
 //!   continue the previous one's source state (change counter, WAL frame position) means a change
 //!   the spool does not have: resync, never guess.
-//! - A segment is deleted only after every record in it is in the backup. Batches are applied in
-//!   spans (`backup::apply`): visible to the backup's readers at once, committed durably when the
-//!   span closes (idle, age, journal size, a `spool_sync` waiting, a close, a resync). A span
-//!   that rolls back instead (our failure, or the process dying with it open, which
-//!   `span_owner` in the control file tells the next active consumer) is repaired by a resync,
-//!   never by replaying records.
+//! - A segment is deleted only after every record in it is committed on the backup. Batches are
+//!   applied in spans (`backup::apply`): visible to the backup's readers at once, committed
+//!   durably when the span closes (idle, age, journal size, a `spool_sync` waiting, a close, a
+//!   resync). A span that rolls back because its process died (`span_owner` in the control file
+//!   tells the next active consumer) is replayed from the spool, from the applied state it began
+//!   at (`span_start`), once the backup is proven to be back in exactly that state (its
+//!   fingerprint then); anything short of that proof, and a span our own failure rolled back,
+//!   is repaired by a resync.
 //! - A panic in the loop body is caught, reported, and answered with a resync.
 //! - Changes nobody captured are looked for: before each incremental apply the backup must still
 //!   be the file we last wrote (device, inode, size, header counters), and while idle the source
@@ -41,7 +43,7 @@ use crate::backup::apply::{self, ApplyOptions, ApplyRequest};
 use crate::backup::writeset::{Source, WriteSet};
 use crate::config::Config;
 use crate::dbstate::{DbState, Phase, lock};
-use crate::spool::control::{AppliedState, Control};
+use crate::spool::control::{AppliedState, Control, SPAN_BACKUP_WORDS};
 use crate::spool::format::{RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
@@ -91,6 +93,15 @@ struct Fingerprint {
     ino: u64,
     len: u64,
     counters: [u8; 16],
+}
+
+impl Fingerprint {
+    /// As the control file keeps it with a span's start.
+    fn to_words(self) -> [u64; SPAN_BACKUP_WORDS] {
+        let (lo, hi) = self.counters.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        [self.dev, self.ino, self.len, word(lo), word(hi)]
+    }
 }
 
 fn fingerprint(path: &std::path::Path) -> io::Result<Option<Fingerprint>> {
@@ -445,16 +456,30 @@ impl Consumer {
             return Ok(false);
         }
         self.lock_file = Some(f);
-        let c = &self.state.control;
+        let c = self.state.control.clone();
         c.set_consumer(self.pid, now_us());
         let owner = c.span_owner();
         if owner != 0 {
             // The consumer before us stopped without committing its span: the backup rolls back
-            // (or already did) to a state before the applied one.
-            self.state.report_error(format!(
-                "process {owner} stopped with batches uncommitted on the backup: resyncing"
-            ));
-            c.bump_lost();
+            // (or already did) to the span's start, behind the applied state.
+            match self.roll_back_dead_span(owner) {
+                Ok(start) => {
+                    c.publish_applied(start);
+                    c.set_committed_seq(start.seq);
+                    self.state.report_error(format!(
+                        "process {owner} stopped with batches uncommitted on the backup: rolled \
+                         back to transaction {}, replaying the spool from there",
+                        start.seq
+                    ));
+                }
+                Err(why) => {
+                    self.state.report_error(format!(
+                        "process {owner} stopped with batches uncommitted on the backup ({why}): \
+                         resyncing"
+                    ));
+                    c.bump_lost();
+                }
+            }
             c.set_span_owner(0);
         } else {
             // Nothing is open on the backup: what it shows is committed.
@@ -467,6 +492,28 @@ impl Consumer {
         };
         lock(&self.state.progress).active = true;
         Ok(true)
+    }
+
+    /// Takes the backup back to where the dead consumer `owner`'s span began, so that the spool
+    /// is replayed from there: rolls back the span's hot journal (unless a reader of the backup
+    /// already did), then requires the backup to be exactly as the span found it (same file,
+    /// size and header counters, which every batch of committed transactions moves). Anything
+    /// else (no start noted, a span that committed before its owner died, a replaced backup)
+    /// is for a resync to repair.
+    fn roll_back_dead_span(&mut self, owner: u64) -> Result<AppliedState, String> {
+        let c = &self.state.control;
+        let (start, backup_then) = c
+            .span_start(owner)
+            .ok_or("no record of where its span began")?;
+        let backup = &self.state.cfg.backup;
+        apply::recover(backup, LOCK_TIMEOUT)
+            .map_err(|e| format!("rolling back {}: {e}", backup.display()))?;
+        let now = fingerprint(backup).map_err(|e| format!("reading {}: {e}", backup.display()))?;
+        if now.map(Fingerprint::to_words) != Some(backup_then) {
+            return Err("the backup is not as the span found it".into());
+        }
+        self.backup_fp = now;
+        Ok(start)
     }
 
     fn step(&mut self) -> Result<Step, String> {
@@ -611,7 +658,15 @@ impl Consumer {
         if c.sealed().seq == prev.seq {
             c.set_behind_since(0);
         }
-        self.trim_before(prev.pos.segment);
+        // An open span may be rolled back to its start and replayed from the spool (a takeover
+        // after our death): keep the segments from there.
+        let keep_from = match &self.span {
+            Some(_) => c
+                .span_start(self.pid)
+                .map_or(0, |(start, _)| start.pos.segment),
+            None => prev.pos.segment,
+        };
+        self.trim_before(keep_from.min(prev.pos.segment));
         self.set_phase(Phase::Live);
         Ok(Step::Progress)
     }
@@ -771,7 +826,15 @@ impl Consumer {
         };
         let c = self.state.control.clone();
         if self.span.is_none() {
-            // Before the span can exist: should we die with it open, the next consumer knows.
+            // Before the span can exist: should we die with it open, the next consumer knows,
+            // and where it began (the backup as it is now: the applied state, checked by the
+            // caller against the fingerprint of our last apply) so that it can replay from there.
+            // Without a fingerprint (none yet, or a resync) it can only resync.
+            let fp = match self.backup_fp {
+                Some(fp) => fp.to_words(),
+                None => [0; SPAN_BACKUP_WORDS],
+            };
+            c.set_span_start(self.pid, &c.applied(), fp);
             c.set_span_owner(self.pid);
         }
         let result = match crate::faults::io_error("backup_eio", libc::EIO) {
@@ -854,8 +917,8 @@ impl Consumer {
         if due { self.close_span() } else { Ok(()) }
     }
 
-    /// Deletes segments older than `segment`: all their records are in the backup (a span that
-    /// rolls back is repaired by a resync, never from the spool).
+    /// Deletes segments older than `segment`: all their records are committed on the backup (the
+    /// caller keeps those of an open span, which a takeover may replay).
     fn trim_before(&self, segment: u64) {
         if let Ok(list) = list_segments(&self.state.cfg.spool) {
             for n in list.into_iter().filter(|&n| n < segment) {

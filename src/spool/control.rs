@@ -47,6 +47,9 @@
 //! 784  clean_lost_gen        "                               lost_gen = resynced_gen then
 //! 792  clean_db[5]           "                               stamp of the source (filestamp)
 //! 832  clean_backup[5]       "                               stamp of the backup
+//! 880  span_start_owner      active consumer, before it sets span_owner: whose span this is
+//! 888  span_start[7]         "                               the applied state when it began
+//! 944  span_start_backup[5]  "                               the backup's fingerprint then
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
@@ -77,12 +80,7 @@ const NEXT_SEQ: usize = 48;
 const TXN_OWNER: usize = 56;
 const APPLY_LOCK: usize = 64;
 const APPLIED_SEQ: usize = 72;
-const APPLIED_SEGMENT: usize = 80;
-const APPLIED_END: usize = 88;
-const APPLIED_US: usize = 96;
-const APPLIED_TOKEN: usize = 104;
-const APPLIED_MODE_KIND: usize = 112;
-const APPLIED_WAL_FRAMES: usize = 120;
+// 80..128: the rest of the applied record (`store_record`).
 const LOST_GEN: usize = 128;
 const RESYNCED_GEN: usize = 136;
 const RESYNCS: usize = 144;
@@ -103,6 +101,13 @@ const CLEAN_SEQ: usize = 776;
 const CLEAN_LOST: usize = 784;
 const CLEAN_DB: usize = 792;
 const CLEAN_BACKUP: usize = CLEAN_DB + 8 * filestamp::WORDS;
+const SPAN_START_OWNER: usize = 880;
+const SPAN_START: usize = 888;
+const SPAN_START_BACKUP: usize = SPAN_START + 8 * RECORD_WORDS;
+/// Words of a `PublishedRecord` as stored (`store_record`).
+const RECORD_WORDS: usize = 7;
+/// Words of the backup fingerprint kept with a span's start (opaque here).
+pub const SPAN_BACKUP_WORDS: usize = 5;
 const PIDS: usize = 256;
 const MAX_PIDS: usize = 64;
 const ERROR_LEN: usize = 1024;
@@ -386,29 +391,70 @@ impl Control {
 
     /// Publishes the consumer's progress.
     pub fn publish_applied(&self, a: AppliedState) {
-        self.seq_write(APPLY_LOCK, || {
-            self.store(APPLIED_SEQ, a.seq);
-            self.store(APPLIED_SEGMENT, a.pos.segment);
-            self.store(APPLIED_END, a.pos.end);
-            self.store(APPLIED_US, a.sealed_us);
-            self.store(APPLIED_TOKEN, a.token);
-            self.store(APPLIED_MODE_KIND, a.mode_kind);
-            self.store(APPLIED_WAL_FRAMES, a.wal_frames);
-        });
+        self.seq_write(APPLY_LOCK, || self.store_record(APPLIED_SEQ, &a));
     }
 
     pub fn applied(&self) -> AppliedState {
-        self.seq_read(APPLY_LOCK, || AppliedState {
-            seq: self.load(APPLIED_SEQ),
+        self.seq_read(APPLY_LOCK, || self.load_record(APPLIED_SEQ))
+    }
+
+    /// Stores `r` in the `RECORD_WORDS` words at `base` (the applied state's order).
+    fn store_record(&self, base: usize, r: &PublishedRecord) {
+        let words = [
+            r.seq,
+            r.pos.segment,
+            r.pos.end,
+            r.sealed_us,
+            r.token,
+            r.mode_kind,
+            r.wal_frames,
+        ];
+        for (i, w) in words.into_iter().enumerate() {
+            self.store(base + 8 * i, w);
+        }
+    }
+
+    fn load_record(&self, base: usize) -> PublishedRecord {
+        let w = |i: usize| self.load(base + 8 * i);
+        PublishedRecord {
+            seq: w(0),
             pos: SealedPos {
-                segment: self.load(APPLIED_SEGMENT),
-                end: self.load(APPLIED_END),
+                segment: w(1),
+                end: w(2),
             },
-            sealed_us: self.load(APPLIED_US),
-            token: self.load(APPLIED_TOKEN),
-            mode_kind: self.load(APPLIED_MODE_KIND),
-            wal_frames: self.load(APPLIED_WAL_FRAMES),
-        })
+            sealed_us: w(3),
+            token: w(4),
+            mode_kind: w(5),
+            wal_frames: w(6),
+        }
+    }
+
+    /// Notes where the span that consumer `owner` is opening begins: the applied state, which
+    /// the backup holds now (`backup`: its fingerprint). Written before `set_span_owner(owner)`,
+    /// so that a consumer taking over from a dead owner can roll the backup back to it and
+    /// replay the spool from there instead of resyncing.
+    pub fn set_span_start(
+        &self,
+        owner: u64,
+        start: &AppliedState,
+        backup: [u64; SPAN_BACKUP_WORDS],
+    ) {
+        self.store(SPAN_START_OWNER, 0);
+        self.store_record(SPAN_START, start);
+        for (i, w) in backup.into_iter().enumerate() {
+            self.store(SPAN_START_BACKUP + 8 * i, w);
+        }
+        self.store(SPAN_START_OWNER, owner);
+    }
+
+    /// The start of `owner`'s span (`set_span_start`), if it noted one. Read only once `owner`
+    /// stopped (it no longer holds the consumer lock), so the words do not change under us.
+    pub fn span_start(&self, owner: u64) -> Option<(AppliedState, [u64; SPAN_BACKUP_WORDS])> {
+        if owner == 0 || self.load(SPAN_START_OWNER) != owner {
+            return None;
+        }
+        let backup = std::array::from_fn(|i| self.load(SPAN_START_BACKUP + 8 * i));
+        Some((self.load_record(SPAN_START), backup))
     }
 
     /// Seal time of the oldest record not yet applied (0 when caught up); approximate.
@@ -633,6 +679,33 @@ mod tests {
         assert_eq!(caller.sync_served(), 2);
         consumer.set_committed_seq(41);
         assert_eq!(caller.committed_seq(), 41);
+    }
+
+    #[test]
+    fn a_span_start_is_read_back_only_for_its_owner() {
+        let d = dir("span");
+        let owner = Control::open(&d).unwrap();
+        let successor = Control::open(&d).unwrap();
+        assert_eq!(successor.span_start(7), None, "nothing noted");
+        let start = AppliedState {
+            seq: 12,
+            pos: SealedPos {
+                segment: 3,
+                end: 4096,
+            },
+            sealed_us: 5,
+            token: 6,
+            mode_kind: 1 << 8 | 1,
+            wal_frames: 9,
+        };
+        owner.set_span_start(7, &start, [1, 2, 3, 4, 5]);
+        owner.set_span_owner(7);
+        assert_eq!(successor.span_start(7), Some((start, [1, 2, 3, 4, 5])));
+        assert_eq!(successor.span_start(8), None, "another consumer's span");
+        assert_eq!(successor.span_start(0), None, "no owner");
+        // The applied state shares the record layout.
+        owner.publish_applied(start);
+        assert_eq!(successor.applied(), start);
     }
 
     #[test]

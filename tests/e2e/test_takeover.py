@@ -258,3 +258,49 @@ def test_sync_in_a_passive_process_survives_a_kill_of_the_consumer(
     )
     con = connections(db, backup)
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_a_killed_consumer_span_is_replayed_not_resynced(
+    procs, child_env, connections, tmp_path, rng, repro, journal
+):
+    """A is the active consumer and writes nothing itself; B commits transfers without pause, so
+    A's span on the backup is open nearly all the time. A is SIGKILLed. B takes over and rolls
+    the backup back to where A's span began, then replays its spool from there: no resync (the
+    resync count B sees is unchanged), spool_sync(30000) = 1 in B and a backup equal to the
+    source. Before, every kill of a consumer with a span open cost a resync, which reads source
+    and backup whole."""
+    ctx = f"{journal}; {repro}"
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    a = open_child(procs, child_env, tmp_path, db, backup, "a", journal)
+    a.sql(BANK)
+    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
+    b = open_child(procs, child_env, tmp_path, db, backup, "b", journal)
+    active, _ = active_consumer([a, b])
+    assert active is a, f"expected the consumer to stay with the first process [{ctx}]"
+    wb = Writer(b, rng, after_stop=100)
+    wb.start()
+    assert wb.started_writing.wait(120), f"B did not start writing [{ctx}]"
+    time.sleep(rng.uniform(0.05, 0.3))
+    # From A: B's pipe belongs to its writer thread now. `resyncs` is shared by all processes.
+    before = a.status()
+    rc = a.kill()
+    assert rc == -9, f"expected A to die by SIGKILL, rc={rc} [{ctx}]"
+    wb.stop.set()
+    wb.join(300)
+    assert not wb.is_alive() and wb.error is None, (
+        f"expected every B transaction to succeed, got {wb.error} [{ctx}]"
+    )
+    check_after_takeover(b, db, backup, wb.commits, ctx)
+    after = b.status()
+    assert after["resyncs"] == before["resyncs"], (
+        f"expected the takeover to replay A's span from the spool, not resync: "
+        f"before {before}, after {after} [{ctx}]"
+    )
+    assert "replaying the spool" in (after["last_error"] or ""), (
+        f"expected the takeover to report the rolled-back span: {after} [{ctx}]"
+    )
+    rc, err = b.close()
+    assert rc == 0, f"expected B to exit 0: {err[-2000:]} [{ctx}]"
+    con = connections(db, backup)
+    sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
