@@ -63,6 +63,10 @@ pub struct Progress {
     /// This process opened the database as its first user and the clean-close record vouched
     /// for the backup, so no resync verified it (`consumer::cleanclose`).
     pub clean_open: bool,
+    /// This process opened the database first: what vouched for the backup (the clean-close
+    /// record, or the state crashed processes left, `consumer::crashopen`), or why a resync
+    /// checks it.
+    pub open_check: Option<String>,
 }
 
 /// One tracked database.
@@ -116,6 +120,7 @@ impl DbState {
                 resync_done: 0,
                 resync_total: 0,
                 clean_open: false,
+                open_check: None,
             }),
             changed: Condvar::new(),
             doorbell: tx,

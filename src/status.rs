@@ -86,6 +86,7 @@ pub fn to_json(state: &DbState, journal_mode: &str) -> String {
             (c.resynced_gen() < c.lost_gen()).to_string(),
         ),
         ("clean_open", p.clean_open.to_string()),
+        ("open_check", opt_str(&p.open_check)),
         ("consumer_pid", consumer_pid.to_string()),
         ("consumer_here", p.active.to_string()),
         (

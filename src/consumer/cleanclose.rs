@@ -47,14 +47,14 @@ const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 /// The spool at rest: every sealed record applied, every loss repaired, no transaction open.
 /// Then `(seq, lost_gen)`, what a record is taken at and must still be at when it is used.
-fn spool_at_rest(c: &Control) -> Option<(u64, u64)> {
+pub(super) fn spool_at_rest(c: &Control) -> Option<(u64, u64)> {
     let (seq, lost) = (c.applied().seq, c.lost_gen());
     (c.sealed().seq == seq && c.resynced_gen() == lost && c.txn_owner() == 0).then_some((seq, lost))
 }
 
 /// Whether the database's WAL holds no commit: absent, empty, or without a valid committed frame
 /// (readers that cannot delete it, such as read-only connections, leave an empty one behind).
-fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
+pub(super) fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
     let file = match std::fs::File::open(cfg.db_file("-wal")) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),

@@ -29,6 +29,7 @@
 //!   frames). Any difference means a write made without spoolvfs: resync.
 
 pub mod cleanclose;
+mod crashopen;
 mod resync;
 
 use std::fs::{File, OpenOptions};
@@ -183,23 +184,39 @@ pub fn start(
     control.register_pid(pid);
     let writer = crate::spool::writer::SpoolWriter::new(cfg.spool.clone(), cfg.durable, ROTATE_AT);
     let wal_path = cfg.db_file("-wal");
+    let boot_then = control.swap_boot_id(crashopen::boot_id());
     // Nothing vouches for the backup when no other live process keeps it (changes may have been
     // made while nobody watched), unless the last close recorded the files as they still are, or
-    // when no resync ever completed in this spool: verify it. Done here, at open, so that a
-    // `spool_sync` right after the open waits for that verification.
+    // every process was killed but the files are provably as they left them, or when no resync
+    // ever completed in this spool: verify it. Done here, at open, so that a `spool_sync` right
+    // after the open waits for that verification.
     let first = !control.others_alive(pid);
     let clean_open = first && control.resyncs() > 0 && cleanclose::vouches(&control, &cfg);
-    if !clean_open && (first || control.resyncs() == 0) {
+    let open_check = match (first, clean_open) {
+        (false, _) => None,
+        (true, true) => Some(Ok("clean close recorded".to_string())),
+        (true, false) => match crashopen::vouches(&control, &cfg, boot_then, page1) {
+            Ok(()) => Some(Ok("files as the crashed processes left them".to_string())),
+            Err(why) => Some(Err(format!("resync: {why}"))),
+        },
+    };
+    let vouched = matches!(open_check, Some(Ok(_)));
+    if !vouched && (first || control.resyncs() == 0) {
         control.bump_lost();
     }
-    let backup_fp = if clean_open {
+    // A span left open by a crashed consumer: its successor checks the backup as it takes over.
+    let backup_fp = if vouched && control.span_owner() == 0 {
         fingerprint(&cfg.backup).ok().flatten()
     } else {
         None
     };
     let capture = crate::capture::Capture::new(writer, control.clone(), wal_path, page1, size);
     let state = DbState::new(cfg, control, capture);
-    lock(&state.progress).clean_open = clean_open;
+    {
+        let mut p = lock(&state.progress);
+        p.clean_open = clean_open;
+        p.open_check = open_check.map(|r| r.unwrap_or_else(|why| why));
+    }
     let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
     let mut consumer = Consumer {
         state: state.clone(),
@@ -433,6 +450,7 @@ impl Consumer {
                 at: SealedPos::default(),
             };
             self.backup_fp = None;
+            self.state.control.set_backup_fp(None);
             lock(&self.state.progress).active = false;
         }
         Ok(())
@@ -466,6 +484,7 @@ impl Consumer {
                 Ok(start) => {
                     c.publish_applied(start);
                     c.set_committed_seq(start.seq);
+                    self.publish_backup_fp(start.seq);
                     self.state.report_error(format!(
                         "process {owner} stopped with batches uncommitted on the backup: rolled \
                          back to transaction {}, replaying the spool from there",
@@ -492,6 +511,13 @@ impl Consumer {
         };
         lock(&self.state.progress).active = true;
         Ok(true)
+    }
+
+    /// Tells the control file that the backup, as our fingerprint of it says, shows the applied
+    /// state `seq` (for the first open after a crash, `crashopen`).
+    fn publish_backup_fp(&self, seq: u64) {
+        let fp = self.backup_fp.map(|fp| (seq, fp.to_words()));
+        self.state.control.set_backup_fp(fp);
     }
 
     /// Takes the backup back to where the dead consumer `owner`'s span began, so that the spool
@@ -647,6 +673,7 @@ impl Consumer {
             return Err(e);
         }
         c.publish_applied(prev);
+        self.publish_backup_fp(prev.seq);
         if self.span.is_none() {
             c.set_committed_seq(prev.seq);
             if let Some(round) = self.sync_round.filter(|r| prev.seq > r.sealed_seq) {
@@ -837,6 +864,9 @@ impl Consumer {
             c.set_span_start(self.pid, &c.applied(), fp);
             c.set_span_owner(self.pid);
         }
+        // The backup is about to change: until the new state is published, no fingerprint of it
+        // stands for an applied state.
+        c.set_backup_fp(None);
         let result = match crate::faults::io_error("backup_eio", libc::EIO) {
             Some(e) => Err(apply::ApplyFailure::from(e)),
             None => apply::apply_batch(
@@ -848,6 +878,7 @@ impl Consumer {
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
         self.backup_fp = None;
+        self.state.control.set_backup_fp(None);
         let report = match result {
             Ok(report) => report,
             Err(f) => {
@@ -891,6 +922,7 @@ impl Consumer {
             }
             Err(e) => {
                 self.backup_fp = None;
+                self.state.control.set_backup_fp(None);
                 c.bump_lost();
                 Err(format!(
                     "committing to backup {}: {e}; resyncing",

@@ -40,6 +40,7 @@
 //!                                                            before them committed
 //! 240  committed_seq         active consumer                 last record durably in the backup
 //!                                                            (its span committed)
+//! 248  boot_id               each opener                     boot of the last process to open
 //! 256  pids[64]              each process                    processes that have the db open
 //! 768  clean_lock (seqlock)  last process to close           the clean-close record:
 //! 776  clean_seq             "                               last sealed = applied seq, + 1
@@ -47,9 +48,13 @@
 //! 784  clean_lost_gen        "                               lost_gen = resynced_gen then
 //! 792  clean_db[5]           "                               stamp of the source (filestamp)
 //! 832  clean_backup[5]       "                               stamp of the backup
+//! 872  backup_fp_seq         active consumer                 applied seq + 1 when backup_fp was
+//!                                                            taken (0: none)
 //! 880  span_start_owner      active consumer, before it sets span_owner: whose span this is
 //! 888  span_start[7]         "                               the applied state when it began
 //! 944  span_start_backup[5]  "                               the backup's fingerprint then
+//! 984  backup_fp[5]          active consumer                 the backup's fingerprint after its
+//!                                                            last apply (`consumer::crashopen`)
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
@@ -101,6 +106,9 @@ const CLEAN_SEQ: usize = 776;
 const CLEAN_LOST: usize = 784;
 const CLEAN_DB: usize = 792;
 const CLEAN_BACKUP: usize = CLEAN_DB + 8 * filestamp::WORDS;
+const BOOT_ID: usize = 248;
+const BACKUP_FP_SEQ: usize = 872;
+const BACKUP_FP: usize = 984;
 const SPAN_START_OWNER: usize = 880;
 const SPAN_START: usize = 888;
 const SPAN_START_BACKUP: usize = SPAN_START + 8 * RECORD_WORDS;
@@ -486,6 +494,28 @@ impl Control {
 
     pub fn set_span_owner(&self, pid: u64) {
         self.store(SPAN_OWNER, pid)
+    }
+
+    /// Stores the boot this process runs in; returns the one stored before (0: none yet).
+    pub fn swap_boot_id(&self, boot: u64) -> u64 {
+        self.word(BOOT_ID).swap(boot, Ordering::AcqRel)
+    }
+
+    /// The backup's fingerprint (opaque words) as the active consumer left it, with the applied
+    /// sequence number it shows; `None` to say it is not known (an apply under way).
+    pub fn set_backup_fp(&self, fp: Option<(u64, [u64; SPAN_BACKUP_WORDS])>) {
+        self.store(BACKUP_FP_SEQ, 0);
+        if let Some((seq, words)) = fp {
+            for (i, w) in words.into_iter().enumerate() {
+                self.store(BACKUP_FP + 8 * i, w);
+            }
+            self.store(BACKUP_FP_SEQ, seq + 1);
+        }
+    }
+
+    pub fn backup_fp(&self) -> Option<(u64, [u64; SPAN_BACKUP_WORDS])> {
+        let seq = self.load(BACKUP_FP_SEQ).checked_sub(1)?;
+        Some((seq, std::array::from_fn(|i| self.load(BACKUP_FP + 8 * i))))
     }
 
     /// Takes a `spool_sync` ticket: the request is answered once `sync_served` reaches it.

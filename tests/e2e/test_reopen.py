@@ -23,6 +23,10 @@ import pytest
 import spool_helpers as sh
 
 
+# spool_status's open_check when the files are as killed processes left them (consumer::crashopen).
+CRASH_VOUCHED = "files as the crashed processes left them"
+
+
 def open_and_write(connections, db, backup, journal, rng, rows: int):
     con = connections(db, backup, journal_mode=journal)
     con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
@@ -80,7 +84,14 @@ def test_change_while_closed_is_found(connections, tmp_path, rng, repro, journal
         st = sh.assert_sync_recovers(con, db, backup, "reopening", ctx)
         if round_ > 0:
             assert not st["clean_open"], f"expected the change to be noticed: {st} [{ctx}]"
-            assert st["resyncs"] == resyncs + 1, (
+            # WAL: when the open's resync finishes before this process first writes, the check
+            # made as its writer restarts the WAL cannot tell the empty WAL the resync saw from
+            # one a checkpoint without spoolvfs emptied since, and asks for a second resync
+            # (docs/DESIGN.md, Known limits). Never more, and never for any other reason.
+            extra = st["resyncs"] == resyncs + 2 and "ended without spoolvfs" in (
+                st["last_error"] or ""
+            )
+            assert st["resyncs"] == resyncs + 1 or (journal == "wal" and extra), (
                 f"expected one resync more than {resyncs}: {st} [{ctx}]"
             )
             want = 1 if target == "source" else 0
@@ -149,9 +160,11 @@ def test_a_killed_process_after_a_clean_close(
     a = connections(db, backup, journal_mode=journal)
     st = sh.assert_sync_recovers(a, db, backup, "B was killed", ctx)
     if b_writes:
-        assert not st["clean_open"] and st["resyncs"] == resyncs + 1, (
-            f"expected one resync more than {resyncs} after B wrote and died: {st} [{ctx}]"
+        # The record no longer matches, but the files are as B left them: trusted as such.
+        assert not st["clean_open"] and st["resyncs"] == resyncs, (
+            f"expected no resync after B wrote and died, nothing else happening: {st} [{ctx}]"
         )
+        assert st["open_check"] == CRASH_VOUCHED, f"expected the crash check: {st} [{ctx}]"
     else:
         assert st["clean_open"] and st["resyncs"] == resyncs, (
             f"expected the record still trusted after B only read: {st} [{ctx}]"
@@ -193,4 +206,55 @@ def test_a_database_never_written_through_spool_reopens_without_a_resync(
     assert not st["clean_open"] and st["resyncs"] == 2, (
         f"expected the change to be found by a resync: {st} [{ctx}]"
     )
+    close_and_check(con, db, backup, journal, ctx)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("meanwhile", ["nothing", "source written", "backup written"])
+def test_reopen_after_every_process_was_killed(
+    procs, child_env, connections, tmp_path, rng, repro, journal, meanwhile
+):
+    """The only process using a database writes through spool and is killed (SIGKILL: no clean
+    close, possibly with batches uncommitted on the backup or records not applied yet). If nothing
+    happened to the files since, the next open trusts them as the dead process left them: no
+    resync (it would read both files whole), open_check says why, and the spool is replayed. If
+    the source was written without spoolvfs, or the backup written, while nobody had the database
+    open, the next open resyncs (counted). Either way the backup ends equal to the source."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    ctx = f"{journal}, then {meanwhile}; {repro}"
+    b = sh.SqlChild(procs, child_env, db, backup, journal_mode=journal)
+    b.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    assert b.sql("SELECT spool_sync(30000)") == [[1]], f"expected the first sync = 1 [{ctx}]"
+    for _ in range(rng.randint(20, 60)):
+        b.sql(
+            f"INSERT INTO t(k, v) VALUES({rng.randint(0, 999)}, randomblob({rng.randint(10, 3000)}))"
+        )
+    resyncs = json.loads(b.sql("SELECT spool_status()")[0][0])["resyncs"]
+    b.proc.kill()
+    b.proc.wait(timeout=60)
+    if meanwhile != "nothing":
+        target = db if meanwhile == "source written" else backup
+        plain = sqlite3.connect(target, timeout=30)
+        # A change whatever state the file is in (the backup may roll back to a span's start).
+        plain.execute("CREATE TABLE written_meanwhile(x)")
+        plain.commit()
+        plain.close()
+    con = connections(db, backup, journal_mode=journal)
+    st = sh.assert_sync_recovers(con, db, backup, f"killed, then {meanwhile}", ctx)
+    if meanwhile == "nothing":
+        assert st["resyncs"] == resyncs and st["open_check"] == CRASH_VOUCHED, (
+            f"expected the files trusted as the killed process left them, no resync: "
+            f"{resyncs} resyncs before, now {st} [{ctx}]"
+        )
+    else:
+        # A changed backup is found at the open, or, when the dead process left a span open (the
+        # open leaves that check to the takeover), when the span's start is checked.
+        assert st["resyncs"] > resyncs, (
+            f"expected a counted resync after the {meanwhile.split()[0]} changed while closed: "
+            f"{resyncs} resyncs before, now {st} [{ctx}]"
+        )
+        if meanwhile == "source written":
+            assert st["open_check"].startswith("resync: "), (
+                f"expected the open to find the source changed: {st} [{ctx}]"
+            )
     close_and_check(con, db, backup, journal, ctx)
