@@ -202,6 +202,19 @@ def test_sigkill_active_consumer_during_large_backlog(
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
 
 
+def bank_with_a_consuming(procs, child_env, tmp_path, journal, ctx):
+    """The bank in two processes, A (which created it) the active consumer and B passive:
+    (db, backup, a, b)."""
+    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
+    a = open_child(procs, child_env, tmp_path, db, backup, "a", journal)
+    a.sql(BANK)
+    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
+    b = open_child(procs, child_env, tmp_path, db, backup, "b", journal)
+    active, _ = active_consumer([a, b])
+    assert active is a, f"expected the consumer to stay with the first process [{ctx}]"
+    return db, backup, a, b
+
+
 def rolled_back_copy(backup, dest) -> dict:
     """What the backup holds once its hot journal (if any) is rolled back, as the next opener
     would: the file and its journal copied aside and opened read-write with plain SQLite."""
@@ -233,13 +246,7 @@ def test_sync_in_a_passive_process_survives_a_kill_of_the_consumer(
     a sync answered in any process is committed on the backup, not only visible in a span that
     a kill takes back. A later opener through spool repairs the rolled-back span by a resync."""
     ctx = f"{journal}; {repro}"
-    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
-    a = open_child(procs, child_env, tmp_path, db, backup, "a", journal)
-    a.sql(BANK)
-    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
-    b = open_child(procs, child_env, tmp_path, db, backup, "b", journal)
-    active, _ = active_consumer([a, b])
-    assert active is a, f"expected the consumer to stay with the first process [{ctx}]"
+    db, backup, a, b = bank_with_a_consuming(procs, child_env, tmp_path, journal, ctx)
     wa = Writer(a, rng)
     wa.start()
     assert wa.started_writing.wait(120), f"A did not start writing [{ctx}]"
@@ -271,13 +278,7 @@ def test_a_killed_consumer_span_is_replayed_not_resynced(
     source. Before, every kill of a consumer with a span open cost a resync, which reads source
     and backup whole."""
     ctx = f"{journal}; {repro}"
-    db, backup = tmp_path / "bank.db", tmp_path / "bank.db-backup"
-    a = open_child(procs, child_env, tmp_path, db, backup, "a", journal)
-    a.sql(BANK)
-    assert a.sync() == 1, f"expected the initial spool_sync = 1 [{ctx}]"
-    b = open_child(procs, child_env, tmp_path, db, backup, "b", journal)
-    active, _ = active_consumer([a, b])
-    assert active is a, f"expected the consumer to stay with the first process [{ctx}]"
+    db, backup, a, b = bank_with_a_consuming(procs, child_env, tmp_path, journal, ctx)
     wb = Writer(b, rng, after_stop=100)
     wb.start()
     assert wb.started_writing.wait(120), f"B did not start writing [{ctx}]"
