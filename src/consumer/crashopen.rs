@@ -16,8 +16,12 @@
 //! - *The same boot*: the control file names the boot of the last process that opened it
 //!   (`/proc/sys/kernel/random/boot_id`). A different boot means a power loss or a reboot, after
 //!   which neither the spool nor the control file is trusted: resync.
-//! - *The shared state at rest*: a resync completed once in this spool, no loss is pending and no
-//!   transaction was open (a process killed inside one may have written part of it).
+//! - *The shared state at rest*: a resync completed once in this spool and no loss is pending. A
+//!   transaction left open by a killed process is no obstacle when the source checks below pass:
+//!   it committed nothing (the source is at the last sealed state) and left nothing to roll back
+//!   (no journal with a header; in WAL mode its frames follow the last commit frame, which
+//!   recovery ignores). Its claim on the spool (`txn_owner`) is then cleared; otherwise the
+//!   consumer would count its death as a loss.
 //! - *The source at the last record's state*, which is the last sealed record's (or the WAL state
 //!   a resync copied after it):
 //!   - rollback modes: not WAL format, the header's change counter is the record's (every commit,
@@ -94,8 +98,9 @@ pub fn vouches(c: &Control, cfg: &Config, boot_then: u64, page1: &[u8]) -> Resul
     {
         return Err("the files changed after the last clean close".into());
     }
-    if c.txn_owner() != 0 {
-        return Err("a transaction was open".into());
+    let dead_txn = c.txn_owner();
+    if dead_txn != 0 && crate::spool::control::pid_alive(dead_txn) {
+        return Err("a process with a transaction open is still alive".into());
     }
     let state = accounted(c);
     match state.mode_kind >> 8 {
@@ -112,6 +117,9 @@ pub fn vouches(c: &Control, cfg: &Config, boot_then: u64, page1: &[u8]) -> Resul
             (Some((seq, then)), Some(now)) if seq == applied && then == now.to_words() => {}
             _ => return Err("the backup is not known to be as last applied".into()),
         }
+    }
+    if dead_txn != 0 && !c.clear_txn_owner_if(dead_txn) {
+        return Err("a transaction started meanwhile".into());
     }
     Ok(())
 }

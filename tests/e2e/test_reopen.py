@@ -258,3 +258,49 @@ def test_reopen_after_every_process_was_killed(
                 f"expected the open to find the source changed: {st} [{ctx}]"
             )
     close_and_check(con, db, backup, journal, ctx)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("spill", [False, True])
+def test_reopen_after_a_kill_inside_a_transaction(
+    procs, child_env, connections, tmp_path, rng, repro, journal, spill
+):
+    """The only process is killed with a transaction open (rows inserted, no COMMIT), small
+    enough to stay in its page cache or spilling to the files. Unless it left something to roll
+    back, it committed nothing and changed nothing a reader sees, and the next open trusts the
+    files (no resync), clearing the dead transaction's claim: WAL mode always (its frames follow
+    the last commit frame, which recovery ignores), rollback mode when the journal was never
+    synced (its header is still zero, as SQLite writes it before the first sync). A rollback-mode
+    spill writes the database file behind a synced journal: a resync. Either way the uncommitted
+    rows are in neither file and the backup equals the source."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    ctx = f"{journal}, spill {spill}; {repro}"
+    b = sh.SqlChild(procs, child_env, db, backup, journal_mode=journal, cache_size=10)
+    b.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    for _ in range(rng.randint(5, 20)):
+        b.sql(f"INSERT INTO t(k, v) VALUES(1, randomblob({rng.randint(10, 3000)}))")
+    assert b.sql("SELECT spool_sync(30000)") == [[1]], f"expected a sync = 1 [{ctx}]"
+    resyncs = json.loads(b.sql("SELECT spool_status()")[0][0])["resyncs"]
+    b.sql("BEGIN")
+    if spill:  # hundreds of 3 KB rows through a cache of 10 pages
+        b.sql("INSERT INTO t(k, v) SELECT -1, randomblob(3000) FROM t, t AS t2")
+    else:  # one page or two, kept in the cache
+        b.sql("INSERT INTO t(k, v) VALUES(-1, x'00')")
+    b.proc.kill()
+    b.proc.wait(timeout=60)
+    con = connections(db, backup, journal_mode=journal)
+    st = sh.assert_sync_recovers(con, db, backup, "killed inside a transaction", ctx)
+    assert sh.scalar(con, "SELECT count(*) FROM t WHERE k = -1") == 0, (
+        f"expected the uncommitted rows gone [{ctx}]"
+    )
+    if journal == "delete" and spill:
+        assert st["resyncs"] == resyncs + 1 and "journal" in st["open_check"], (
+            f"expected a resync for the journal left to roll back: {resyncs} before, now {st} "
+            f"[{ctx}]"
+        )
+    else:
+        assert st["resyncs"] == resyncs and st["open_check"] == CRASH_VOUCHED, (
+            f"expected no resync after a transaction that committed nothing: "
+            f"{resyncs} resyncs before, now {st} [{ctx}]"
+        )
+    close_and_check(con, db, backup, journal, ctx)
