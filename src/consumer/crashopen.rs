@@ -84,11 +84,14 @@ fn accounted(c: &Control) -> PublishedRecord {
 /// control file held before this process stored its own; `page1` the source's first bytes as
 /// found at open.
 pub fn vouches(c: &Control, cfg: &Config, boot_then: u64, page1: &[u8]) -> Result<(), String> {
+    if c.resyncs() == 0 {
+        return Err("no resync has completed in this spool yet".into());
+    }
     let boot = boot_id();
     if boot == 0 || boot_then != boot {
         return Err("the machine restarted since the last open (or its boot is unknown)".into());
     }
-    if c.resyncs() == 0 || c.resynced_gen() != c.lost_gen() {
+    if c.resynced_gen() != c.lost_gen() {
         return Err("a resync is pending".into());
     }
     // The last thing that happened was a clean close, whose stamps no longer match: the files

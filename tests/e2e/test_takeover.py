@@ -298,8 +298,11 @@ def test_a_killed_consumer_span_is_replayed_not_resynced(
         f"expected the takeover to replay A's span from the spool, not resync: "
         f"before {before}, after {after} [{ctx}]"
     )
-    assert "replaying the spool" in (after["last_error"] or ""), (
-        f"expected the takeover to report the rolled-back span: {after} [{ctx}]"
+    # A kill in the few ms between two spans (after one closed at 250 ms, before the next batch)
+    # leaves nothing to roll back; otherwise the takeover says what it did.
+    said = after["last_error"] or ""
+    assert said == "" or "replaying the spool" in said, (
+        f"expected the takeover to report the rolled-back span, if any: {after} [{ctx}]"
     )
     rc, err = b.close()
     assert rc == 0, f"expected B to exit 0: {err[-2000:]} [{ctx}]"
