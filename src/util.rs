@@ -59,14 +59,11 @@ fn sweep_dead_test_roots(tmp: &std::path::Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("spoolvfs-unit-"))
-            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(|p| p.parse::<u64>().ok())
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the pid exists; nothing is sent.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !crate::spool::control::pid_alive(pid) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

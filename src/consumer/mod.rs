@@ -192,15 +192,17 @@ pub fn start(
     // after the open waits for that verification.
     let first = !control.others_alive(pid);
     let clean_open = first && control.resyncs() > 0 && cleanclose::vouches(&control, &cfg);
-    let open_check = match (first, clean_open) {
-        (false, _) => None,
-        (true, true) => Some(Ok("clean close recorded".to_string())),
+    let (vouched, open_check) = match (first, clean_open) {
+        (false, _) => (false, None),
+        (true, true) => (true, Some("clean close recorded".to_string())),
         (true, false) => match crashopen::vouches(&control, &cfg, boot_then, page1) {
-            Ok(()) => Some(Ok("files as the crashed processes left them".to_string())),
-            Err(why) => Some(Err(format!("resync: {why}"))),
+            Ok(()) => (
+                true,
+                Some("files as the crashed processes left them".to_string()),
+            ),
+            Err(why) => (false, Some(format!("resync: {why}"))),
         },
     };
-    let vouched = matches!(open_check, Some(Ok(_)));
     if !vouched && (first || control.resyncs() == 0) {
         control.bump_lost();
     }
@@ -215,7 +217,7 @@ pub fn start(
     {
         let mut p = lock(&state.progress);
         p.clean_open = clean_open;
-        p.open_check = open_check.map(|r| r.unwrap_or_else(|why| why));
+        p.open_check = open_check;
     }
     let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
     let mut consumer = Consumer {
@@ -449,8 +451,7 @@ impl Consumer {
                 reader: None,
                 at: SealedPos::default(),
             };
-            self.backup_fp = None;
-            self.state.control.set_backup_fp(None);
+            self.forget_backup_fp();
             lock(&self.state.progress).active = false;
         }
         Ok(())
@@ -482,9 +483,7 @@ impl Consumer {
             // (or already did) to the span's start, behind the applied state.
             match self.roll_back_dead_span(owner) {
                 Ok(start) => {
-                    c.publish_applied(start);
-                    c.set_committed_seq(start.seq);
-                    self.publish_backup_fp(start.seq);
+                    self.publish_committed(start);
                     self.state.report_error(format!(
                         "process {owner} stopped with batches uncommitted on the backup: rolled \
                          back to transaction {}, replaying the spool from there",
@@ -518,6 +517,22 @@ impl Consumer {
     fn publish_backup_fp(&self, seq: u64) {
         let fp = self.backup_fp.map(|fp| (seq, fp.to_words()));
         self.state.control.set_backup_fp(fp);
+    }
+
+    /// The backup is not known to be as we left it: no fingerprint vouches for it, here or in the
+    /// control file.
+    fn forget_backup_fp(&mut self) {
+        self.backup_fp = None;
+        self.state.control.set_backup_fp(None);
+    }
+
+    /// Publishes `applied` as the backup's state with no span open on it: applied, committed, and
+    /// our fingerprint of the backup as the one that goes with it.
+    fn publish_committed(&self, applied: AppliedState) {
+        let c = &self.state.control;
+        c.publish_applied(applied);
+        c.set_committed_seq(applied.seq);
+        self.publish_backup_fp(applied.seq);
     }
 
     /// Takes the backup back to where the dead consumer `owner`'s span began, so that the spool
@@ -857,10 +872,9 @@ impl Consumer {
             // and where it began (the backup as it is now: the applied state, checked by the
             // caller against the fingerprint of our last apply) so that it can replay from there.
             // Without a fingerprint (none yet, or a resync) it can only resync.
-            let fp = match self.backup_fp {
-                Some(fp) => fp.to_words(),
-                None => [0; SPAN_BACKUP_WORDS],
-            };
+            let fp = self
+                .backup_fp
+                .map_or([0; SPAN_BACKUP_WORDS], Fingerprint::to_words);
             c.set_span_start(self.pid, &c.applied(), fp);
             c.set_span_owner(self.pid);
         }
@@ -878,7 +892,6 @@ impl Consumer {
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
         self.backup_fp = None;
-        self.state.control.set_backup_fp(None);
         let report = match result {
             Ok(report) => report,
             Err(f) => {
@@ -921,9 +934,8 @@ impl Consumer {
                 Ok(())
             }
             Err(e) => {
-                self.backup_fp = None;
-                self.state.control.set_backup_fp(None);
-                c.bump_lost();
+                self.forget_backup_fp();
+                self.state.control.bump_lost();
                 Err(format!(
                     "committing to backup {}: {e}; resyncing",
                     self.state.cfg.backup.display()

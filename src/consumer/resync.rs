@@ -360,10 +360,8 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             wal_frames,
         },
     };
-    c.state.control.publish_applied(applied);
     // Committed by `apply_sized` above.
-    c.state.control.set_committed_seq(applied.seq);
-    c.publish_backup_fp(applied.seq);
+    c.publish_committed(applied);
     c.state.control.finish_resync(gen_);
     c.state.control.set_behind_since(0);
     {
