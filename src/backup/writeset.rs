@@ -24,6 +24,9 @@ pub enum Source {
     /// Bytes of `data` starting at index `start`.
     /// (`Arc<Vec<u8>>`, a thin pointer, keeps every entry of a huge batch 8 bytes smaller.)
     Bytes { data: Arc<Vec<u8>>, start: usize },
+    /// Zero bytes, as many as the entry is long: what a file truncated and then extended past
+    /// the cut reads there.
+    Zeros,
 }
 
 impl Source {
@@ -44,6 +47,10 @@ impl Source {
                 buf.copy_from_slice(src);
                 Ok(())
             }
+            Source::Zeros => {
+                buf.fill(0);
+                Ok(())
+            }
         }
     }
 
@@ -59,6 +66,7 @@ impl Source {
                 // Saturating keeps a bogus position out of range, so a later read fails cleanly.
                 start: start.saturating_add(usize::try_from(n).unwrap_or(usize::MAX)),
             },
+            Source::Zeros => Source::Zeros,
         }
     }
 }

@@ -1051,6 +1051,7 @@ fn chain_check(prev: &AppliedState, r: &Record) -> Result<(), String> {
 /// Adds every page of `records`, in order, to `writes` (later writes win).
 fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::fs::File>>) {
     let Some(file) = file else { return };
+    let final_size = records.last().map_or(0, |r| r.info.db_size);
     for r in records {
         for p in &r.pages {
             writes.insert(
@@ -1061,6 +1062,16 @@ fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::
                     pos: p.payload_pos,
                 },
             );
+        }
+        // A batch must leave the backup as applying its records one by one would. After each
+        // record the file ends at its size: bytes it wrote past that (pages written, then cut
+        // off by a shrink at commit) are gone, and a later record that grows the file again
+        // without writing some page (a free page SQLite never writes) leaves zeros there, not
+        // what an earlier record or the backup had.
+        let size = r.info.db_size;
+        writes.truncate(size);
+        if size < final_size {
+            writes.insert(size, final_size - size, Source::Zeros);
         }
     }
 }
@@ -1094,6 +1105,7 @@ impl crate::capture::DbFileNow for HeaderOnly<'_> {
 mod tests {
     use super::*;
     use crate::spool::format::CommitInfo;
+    use crate::spool::reader::PageRef;
 
     fn rec(seq: u64, mode: SourceMode, token: u64, first: u64, frames: u64) -> Record {
         Record {
@@ -1131,5 +1143,53 @@ mod tests {
         assert!(chain_check(&w, &rec(6, SourceMode::Wal, 78, 3, 5)).is_err());
         // Mode switches are not checked.
         assert!(chain_check(&w, &rec(6, SourceMode::Rollback, 99, 0, 0)).is_ok());
+    }
+
+    /// Record 1 writes page 5 and shrinks the database to 3 pages (the page is cut off at
+    /// commit); record 2 grows it to 6 pages writing only page 4. Applied one by one, the backup
+    /// ends with record 2's page 4 and zeros at pages 5 and 6; the batch must say the same, not
+    /// record 1's page 5 (what a batch wrote before: a backup that differed from its source).
+    #[test]
+    fn a_batch_writes_what_its_records_one_by_one_would() {
+        let ps = 4096u64;
+        let d = crate::util::fresh_test_dir("consumer", "batch-shrink");
+        let seg = d.join("seg");
+        let mut image = vec![0u8; 2 * ps as usize];
+        image[..ps as usize].fill(0x55); // record 1's page 5
+        image[ps as usize..].fill(0x44); // record 2's page 4
+        std::fs::write(&seg, &image).unwrap();
+        let file = Arc::new(std::fs::File::open(&seg).unwrap());
+        let page = |pgno: u64, pos: u64| PageRef {
+            offset: (pgno - 1) * ps,
+            len: ps as u32,
+            payload_pos: pos,
+        };
+        let mut r1 = rec(1, SourceMode::Rollback, 10, 0, 0);
+        r1.info.db_size = 3 * ps;
+        r1.pages = vec![page(5, 0)];
+        let mut r2 = rec(2, SourceMode::Rollback, 11, 0, 0);
+        r2.info.db_size = 6 * ps;
+        r2.pages = vec![page(4, ps)];
+        let mut writes = WriteSet::new();
+        add_records(&mut writes, &[r1, r2], Some(file));
+        let mut got = vec![0xEEu8; 6 * ps as usize];
+        assert!(writes.read_covered(0, &mut got).is_ok());
+        let page_of = |pgno: u64| &got[((pgno - 1) * ps) as usize..(pgno * ps) as usize];
+        assert!(
+            page_of(1).iter().all(|&b| b == 0xEE),
+            "pages 1-3 are not the batch's"
+        );
+        assert!(
+            page_of(4).iter().all(|&b| b == 0x44),
+            "page 4 is record 2's"
+        );
+        assert!(
+            page_of(5).iter().all(|&b| b == 0),
+            "page 5 was cut off by record 1"
+        );
+        assert!(
+            page_of(6).iter().all(|&b| b == 0),
+            "page 6 was never written"
+        );
     }
 }
