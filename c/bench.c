@@ -16,11 +16,12 @@
 **   bench rss     VFS JOURNAL MB DB
 **   bench mkdb    DB MB
 **   bench serve   DB                              (stdin: "change FRAC SEED" | "quit")
+**   bench hold    DB JOURNAL                      (holds DB open through spool until stdin ends)
 **   bench copy    backup-all|backup-step|vacuum|rsync SRC DST [--budget S] [--rsync PATH]
 **
 ** VFS is `unix`, `passthru` (c/passthru.c: a shim that only forwards, the floor of any VFS-based
 ** design) or `spool`; with `spool` the backup is DB.backup and the spool DB-spool (the default).
-** RATE 0 means "as fast as one thread can commit". BENCH_BACKUP_DIR=DIR puts spool's backup in DIR;
+** RATE 0 means "as fast as one thread can commit"; RATE may be fractional (0.5: one every 2 s). BENCH_BACKUP_DIR=DIR puts spool's backup in DIR;
 ** BENCH_IDLE_THREAD=1 makes the process multi-threaded with one idle thread (see idle_thread_main).
 */
 #define _GNU_SOURCE
@@ -608,7 +609,8 @@ static int cmd_writer(int argc, char **argv) {
 struct lagrun {
   struct writer w;
   char *backup; /* spool only: the backup the poller reads */
-  long base, cap, rate;
+  long base, cap;
+  double rate; /* transactions per second, 0: unpaced */
   int64_t deadline;
   atomic_long committed; /* transactions committed so far */
   atomic_int stop_poller;
@@ -629,7 +631,7 @@ static void on_sigusr1(int sig) { stop_requested = sig; }
 */
 static void *writer_main(void *arg) {
   struct lagrun *r = arg;
-  int64_t t0 = now_ns(), period = r->rate > 0 ? SEC / r->rate : 0;
+  int64_t t0 = now_ns(), period = r->rate > 0 ? (int64_t)((double)SEC / r->rate) : 0;
   long next_id = r->base + 1;
   for (long i = 0; i < r->cap; i++) {
     int64_t due = t0 + period * i;
@@ -727,13 +729,13 @@ static void write_latencies(const char *path, struct lagrun *r, long n) {
 }
 
 /* Open the writer, the spool_status() monitor connection and the per-transaction arrays. */
-static struct lagrun *lag_setup(const char *vfs, const char *journal, const char *sync, long rate,
+static struct lagrun *lag_setup(const char *vfs, const char *journal, const char *sync, double rate,
                                 double seconds, const char *db_path) {
   struct lagrun *r = calloc(1, sizeof *r);
   r->w = writer_open(vfs, journal, sync, db_path, "w");
   r->rate = rate;
   r->base = (long)query_int(r->w.db, "SELECT coalesce(max(id), 0) FROM w");
-  r->cap = (long)((double)(rate > 0 ? rate : 250000) * seconds * 1.1) + 1000;
+  r->cap = (long)((rate > 0 ? rate : 250000) * seconds * 1.1) + 1000;
   r->start_ns = calloc((size_t)r->cap, sizeof(int64_t));
   r->commit_ns = calloc((size_t)r->cap, sizeof(int64_t));
   r->seen_ns = calloc((size_t)r->cap, sizeof(int64_t));
@@ -816,7 +818,7 @@ static int cmd_lag(int argc, char **argv) {
     if (!strcmp(argv[a], "--lat-file")) lat_file = argv[a + 1];
     if (!strcmp(argv[a], "--warmup")) warmup = atof(argv[a + 1]);
   }
-  struct lagrun *r = lag_setup(vfs, argv[1], argv[2], atol(argv[3]), seconds, argv[5]);
+  struct lagrun *r = lag_setup(vfs, argv[1], argv[2], atof(argv[3]), seconds, argv[5]);
   int spool = r->status_db != NULL;
   struct spool_status s0 = spool ? read_status(r->w.db) : (struct spool_status){0};
   long tid = spool ? consumer_tid() : 0;
@@ -840,7 +842,7 @@ static int cmd_lag(int argc, char **argv) {
   json_str("vfs", vfs);
   json_str("journal", argv[1]);
   json_str("sync", argv[2]);
-  json_int("target_rate", r->rate);
+  json_num("target_rate", r->rate);
   json_int("txns", n);
   json_num("seconds", wall);
   json_num("achieved_rate", wall > 0 ? (double)n / wall : 0);
@@ -851,6 +853,21 @@ static int cmd_lag(int argc, char **argv) {
   json_close();
   if (r->status_db) sqlite3_close(r->status_db);
   writer_close(&r->w);
+  return 0;
+}
+
+/* hold: the first opener of DB through spool (so its consumer is the active one), idle until its
+** stdin ends: a `lag` run started after it commits from a second process, whose seals must wake
+** this process's parked consumer. Prints READY once the database is open and synced. */
+static int cmd_hold(int argc, char **argv) {
+  if (argc < 2) die("usage: hold DB JOURNAL");
+  struct writer w = writer_open("spool", argv[1], "normal", argv[0], "w");
+  printf("READY\n");
+  fflush(stdout);
+  char line[64];
+  while (fgets(line, sizeof line, stdin)) {
+  }
+  writer_close(&w);
   return 0;
 }
 
@@ -1087,7 +1104,7 @@ static int cmd_copy(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) die("usage: bench info|disk|writer|lag|rss|mkdb|serve|copy ARGS (see c/bench.c)");
+  if (argc < 2) die("usage: bench info|disk|writer|lag|rss|mkdb|serve|hold|copy ARGS (see c/bench.c)");
   const char *cmd = argv[1];
   fill_payload(0x5eed);
   load_extension();
@@ -1100,6 +1117,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "rss")) return cmd_rss(argc, argv);
   if (!strcmp(cmd, "mkdb")) return cmd_mkdb(argc, argv);
   if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv);
+  if (!strcmp(cmd, "hold")) return cmd_hold(argc, argv);
   if (!strcmp(cmd, "copy")) return cmd_copy(argc, argv);
   die("unknown command %s", cmd);
 }

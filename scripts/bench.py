@@ -43,6 +43,8 @@ class Config:
     lag_seconds: float
     lag_warmup: float
     lag_reps: int
+    sporadic_seconds: float
+    sporadic_reps: int
     ramp_rates: list
     ramp_seconds: float
     timeline_seconds: float
@@ -72,6 +74,8 @@ CONFIGS = {
         lag_seconds=1.0,
         lag_warmup=0.3,
         lag_reps=1,
+        sporadic_seconds=4.5,
+        sporadic_reps=1,
         ramp_rates=[1000, 4000, 16000, 0],
         ramp_seconds=1.0,
         timeline_seconds=1.5,
@@ -98,6 +102,8 @@ CONFIGS = {
         lag_seconds=10.0,
         lag_warmup=1.0,
         lag_reps=3,
+        sporadic_seconds=30.0,
+        sporadic_reps=2,
         ramp_rates=[1000, 2000, 4000, 8000, 16000, 32000, 0],
         ramp_seconds=5.0,
         timeline_seconds=5.0,
@@ -606,6 +612,55 @@ def bench_lag(b, cfg):
     return {"raw": raw, "rows": rows}
 
 
+#: Sporadic commits: one every 2 s, longer than the consumer stays awake after its last record
+#: (STAY_AWAKE, 1 s), so every commit finds it parked.
+SPORADIC_RATE = 0.5
+
+
+def run_sporadic(b, journal, seconds, other_process):
+    """One sporadic arm on fresh files. `other_process`: a `hold` process opens the database
+    first, so its consumer is the active one and every commit comes from another process."""
+    d = b.fresh("sporadic")
+    holder = None
+    if other_process:
+        holder = b.spawn("hold", d / "db", journal)
+        if holder.stdout.readline().strip() != "READY":
+            raise RuntimeError("bench hold did not start")
+    try:
+        r = b.run("lag", "spool", journal, "normal", SPORADIC_RATE, seconds, d / "db")
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            holder.wait(timeout=600)
+    r["other_process"] = other_process
+    return r
+
+
+def bench_sporadic(b, cfg):
+    """Backup lag of sporadic commits (one every 2 s): each finds the consumer parked, so this
+    measures how it is woken, by a commit of its own process and by one of another process (the
+    doorbell in the control file), interleaved."""
+    raw = []
+    for _ in range(cfg.sporadic_reps):
+        for journal in ("wal", "delete"):
+            for other in (False, True):
+                raw.append(run_sporadic(b, journal, cfg.sporadic_seconds, other))
+    rows = []
+    for journal in ("wal", "delete"):
+        for other in (False, True):
+            rs = [r for r in raw if r["journal"] == journal and r["other_process"] == other]
+            rows.append(
+                {
+                    "journal": journal,
+                    "committer": "another process" if other else "the consumer's process",
+                    "txns": sum(r["txns"] for r in rs),
+                    "lag_p50_ms": median([r["lag"]["p50_ms"] for r in rs]),
+                    "lag_max_ms": max(r["lag"]["max_ms"] for r in rs),
+                }
+            )
+    return {"rate": SPORADIC_RATE, "raw": raw, "rows": rows}
+
+
 def bench_ramp(b, cfg):
     """Highest commit rate the backup keeps up with: rates rise until the backup falls behind
     (lag p99 >= 100 ms, or still >= 100 ms behind when the writer stops) or the writer itself
@@ -958,6 +1013,7 @@ def main():
     section(results, "instructions", bench_instructions, b, cfg)
     results["consumer"] = summarize_consumer(results["writer"])
     section(results, "lag", bench_lag, b, cfg)
+    section(results, "sporadic", bench_sporadic, b, cfg)
     section(results, "ramp", bench_ramp, b, cfg)
     section(results, "timeline", bench_timeline, b, cfg)
     section(results, "rss", bench_rss, b, cfg)

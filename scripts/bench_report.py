@@ -134,6 +134,14 @@ def glance(r):
                 f"{fmt(x['lag_max_ms'])} ms; spool_status lag_ms ≤ {fmt(x['status_lag_ms_max'])}",
             ]
         )
+    for x in r.get("sporadic", {}).get("rows", []):
+        rows.append(
+            [
+                f"backup lag of sporadic commits (one per 2 s), {x['journal']}, from "
+                f"{x['committer']}",
+                f"p50 {fmt(x['lag_p50_ms'])} / max {fmt(x['lag_max_ms'])} ms ({x['txns']} commits)",
+            ]
+        )
     for j, x in r["ramp"].items():
         rows.append(
             [
@@ -489,6 +497,21 @@ def freshness(r):
         ]
         for j, x in r["ramp"].items()
     ]
+    sporadic = r.get("sporadic")
+    if sporadic:
+        out += (
+            f"\nSporadic commits, one every {1 / sporadic['rate']:g} s (longer than the consumer "
+            "stays awake after its last record, so every commit finds it parked), from the "
+            "consumer's own process and from another process (a second process opened the "
+            "database first and holds the active consumer); interleaved:\n\n"
+        )
+        out += table(
+            ["journal", "committed by", "commits", "lag p50 ms", "lag max ms"],
+            [
+                [x["journal"], x["committer"], x["txns"], x["lag_p50_ms"], x["lag_max_ms"]]
+                for x in sporadic["rows"]
+            ],
+        )
     return (
         out
         + "\nMaximum sustained commit rate (keeps up = lag p99 < 100 ms):\n\n"

@@ -11,8 +11,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
 use crate::capture::{Capture, Outcome, Sealed, TxnClaim};
 use crate::config::Config;
 use crate::spool::control::Control;
@@ -80,11 +78,12 @@ pub struct DbState {
     pub progress: Mutex<Progress>,
     /// Signalled whenever this process's consumer makes progress.
     pub changed: Condvar,
-    doorbell: Sender<()>,
-    pub(crate) doorbell_rx: Receiver<()>,
     pub(crate) consumer: Mutex<Option<JoinHandle<()>>>,
-    /// The consumer is in a long sleep: a seal must ring the doorbell. While records flow it
-    /// polls the shared tail instead, so writers make no wake-up syscall on the commit path.
+    /// This process's consumer (active or passive) is in a long sleep: a seal must ring the
+    /// doorbell (it then keeps this process's spool mapping populated for the writer). While
+    /// records flow it polls the shared tail instead, so writers make no wake-up syscall on the
+    /// commit path. The active consumer of another process says the same in the control file
+    /// (`consumer_parked`).
     pub(crate) parked: AtomicBool,
     /// The source's stamp taken when a WAL of ours was deleted, under the EXCLUSIVE lock of the
     /// last close (`consumer::cleanclose`).
@@ -101,7 +100,6 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DbState {
     pub fn new(cfg: Config, control: Arc<Control>, capture: Capture) -> Arc<DbState> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
         Arc::new(DbState {
             cfg,
             control,
@@ -123,8 +121,6 @@ impl DbState {
                 open_check: None,
             }),
             changed: Condvar::new(),
-            doorbell: tx,
-            doorbell_rx: rx,
             consumer: Mutex::new(None),
             parked: AtomicBool::new(false),
             wal_deleted_stamp: Mutex::new(None),
@@ -132,10 +128,11 @@ impl DbState {
         })
     }
 
-    /// Wakes the consumer. The channel carries no payload and holds one bell: a full channel
-    /// already means "look at the spool".
+    /// Wakes the consumers of this database, in every process (the control file's doorbell: a
+    /// shared futex). A ring means only "look again"; a consumer that was awake sees it at its
+    /// next sleep, which then returns at once.
     pub fn ring(&self) {
-        let _ = self.doorbell.try_send(());
+        self.control.ring_bell();
     }
 
     /// Publishes what a capture event produced (the sealed record is already in the control file).
@@ -148,11 +145,17 @@ impl DbState {
         }
     }
 
-    /// Counts a sealed record and wakes a parked consumer. Lock-free: it runs on every commit.
+    /// Counts a sealed record and wakes a parked consumer: this process's, or the active one in
+    /// another process. Lock-free: it runs on every commit.
+    ///
+    /// The seal is already published; the fence orders it before the reads of the parked flags,
+    /// as the consumer orders its flag before its last look at the sealed state (`idle_wait`):
+    /// so either the consumer sees this seal before it sleeps, or this sees it parked and rings.
     pub fn publish_sealed(&self, s: &Sealed) {
         let bytes = s.info.n_pages as u64 * s.info.page_size as u64;
         self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
-        if self.parked.load(Ordering::Acquire) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) || self.control.consumer_parked() {
             self.ring();
         }
     }

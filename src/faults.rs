@@ -10,6 +10,7 @@
 //! | `capture_panic`        | capture panics inside the VFS call (must not reach SQLite) |
 //! | `consumer_panic`       | the consumer's loop body panics                            |
 //! | `kill_before_wal_seal` | SIGKILL between a WAL commit of this process and its seal  |
+//! | `parked_sleeps_long`   | a parked consumer sleeps 120 s unless the doorbell rings   |
 //!
 //! Without the feature every check is a constant `false`, so call sites stay unconditional.
 

@@ -150,6 +150,9 @@ struct Consumer {
     last_work: Instant,
     /// `bytes_captured` at the last look, and when it last changed (this process writing).
     seen_captured: u64,
+    /// The doorbell's value read before the current step looked for work: the step's sleep
+    /// ends at once if anyone rang since (`Control::sleep_on_bell`).
+    bell_seen: u32,
     last_local_write: Instant,
     /// The drain of the last close cannot finish: a resync must wait for a hot journal that only
     /// a later opener of the database rolls back. The close then ends without waiting out
@@ -235,6 +238,7 @@ pub fn start(
         last_check: Instant::now(),
         last_work: Instant::now(),
         seen_captured: 0,
+        bell_seen: 0,
         last_local_write: Instant::now(),
         drain_blocked: false,
         sync_round: None,
@@ -295,6 +299,7 @@ impl Consumer {
         crate::ffi::logq::mark_background();
         lower_priority();
         loop {
+            self.bell_seen = self.state.control.bell();
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
             let step = match outcome {
                 Ok(Ok(step)) => {
@@ -370,14 +375,13 @@ impl Consumer {
     }
 
     /// Sleeps until there may be work: a short poll while records flow, a longer parked sleep
-    /// (woken by in-process writers; other processes' records are seen at the next tick) when
-    /// quiet, and backoff after failures (full disk, unwritable backup: 50 ms .. 1 s).
+    /// when quiet, and backoff after failures (full disk, unwritable backup: 50 ms .. 1 s). Every
+    /// sleep is on the control file's doorbell, so a ring from any process ends it: a seal made
+    /// while this consumer is parked, a `spool_sync` request, a loss, a close.
     fn idle_wait(&mut self) {
+        let c = self.state.control.clone();
         if self.failures > 0 {
-            let _ = self
-                .state
-                .doorbell_rx
-                .recv_timeout(TICK * self.failures.min(20));
+            c.sleep_on_bell(self.bell_seen, TICK * self.failures.min(20));
             return;
         }
         let captured = self.state.bytes_captured.load(Ordering::Relaxed);
@@ -386,19 +390,40 @@ impl Consumer {
             self.seen_captured = captured;
             self.last_local_write = Instant::now();
         }
-        let busy = (self.lock_file.is_some() && self.last_work.elapsed() < STAY_AWAKE)
+        let active = self.lock_file.is_some();
+        let busy = (active && self.last_work.elapsed() < STAY_AWAKE)
             || self.last_local_write.elapsed() < STAY_AWAKE;
         if busy {
-            let _ = self.state.doorbell_rx.recv_timeout(POLL);
+            c.sleep_on_bell(self.bell_seen, POLL);
             return;
         }
+        // Say we park before the last look at the sealed state; a writer says it sealed before it
+        // reads the flags (`DbState::publish_sealed`): one of the two sees the other.
         self.state.parked.store(true, Ordering::SeqCst);
-        // A record sealed between our last look and parking would not ring: look once more.
-        let c = &self.state.control;
-        if self.lock_file.is_none() || c.sealed().seq <= c.applied().seq {
-            let _ = self.state.doorbell_rx.recv_timeout(TICK);
+        if active {
+            c.set_consumer_parked(true);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !active || c.sealed().seq <= c.applied().seq {
+            c.sleep_on_bell(self.bell_seen, self.parked_sleep());
+        } else {
+            // A record is pending, too young to apply yet (group commit): look again at the
+            // poll cadence rather than spinning until it is old enough.
+            c.sleep_on_bell(self.bell_seen, POLL);
+        }
+        if active {
+            c.set_consumer_parked(false);
         }
         self.state.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// How long a parked consumer sleeps unless rung: one tick (heartbeat, takeover polling,
+    /// changes made without spoolvfs). Test builds can stretch it to prove that rings wake it.
+    fn parked_sleep(&self) -> Duration {
+        if crate::faults::active("parked_sleeps_long") {
+            return Duration::from_secs(120);
+        }
+        TICK
     }
 
     fn caught_up(&self) -> bool {
@@ -477,6 +502,8 @@ impl Consumer {
         self.lock_file = Some(f);
         let c = self.state.control.clone();
         c.set_consumer(self.pid, now_us());
+        // A predecessor killed while parked left its flag: writers would ring on every seal.
+        c.set_consumer_parked(false);
         let owner = c.span_owner();
         if owner != 0 {
             // The consumer before us stopped without committing its span: the backup rolls back

@@ -56,6 +56,10 @@
 //! 984  backup_fp[5]          active consumer                 the backup's fingerprint after its
 //!                                                            last apply (`consumer::crashopen`)
 //! 1024 error_len + text      active consumer                 its last error (≤ 1000 bytes)
+//! 2048 bell (u32)            anyone                          doorbell counter, a shared futex
+//!                                                            (`bell`): rung to wake consumers
+//! 2056 consumer_parked       active consumer                 1 while it sleeps parked: every
+//!                                                            seal then rings the bell
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -65,10 +69,12 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use memmap2::MmapMut;
 
+use super::bell;
 use super::format::CommitInfo;
 use super::writer::SealedPos;
 use crate::filestamp::{self, FileStamp};
@@ -113,7 +119,10 @@ const SPAN_START_OWNER: usize = 880;
 const SPAN_START: usize = 888;
 const SPAN_START_BACKUP: usize = SPAN_START + 8 * RECORD_WORDS;
 /// Words of a `PublishedRecord` as stored (`store_record`).
+const BELL: usize = 2048;
+const CONSUMER_PARKED: usize = 2056;
 const RECORD_WORDS: usize = 7;
+const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && CONSUMER_PARKED + 8 <= SIZE as usize);
 /// Words of the backup fingerprint kept with a span's start (opaque here).
 pub const SPAN_BACKUP_WORDS: usize = 5;
 const PIDS: usize = 256;
@@ -283,6 +292,15 @@ impl Control {
         // all of which live as long as `self` (never removed from `maps`), so the reference
         // cannot outlive its memory; `off` is in bounds and 8-aligned; AtomicU64 has the layout
         // of u64, and every access to the shared mapping is atomic.
+        unsafe { &*p }
+    }
+
+    /// The 32-bit word at `off`, for a futex: such a slot is never accessed as 64 bits.
+    fn word32(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= SIZE as usize);
+        let p = self.base.load(Ordering::Acquire).wrapping_add(off) as *const AtomicU32;
+        // SAFETY: as in `word`: in bounds, aligned, in a mapping that lives as long as `self`,
+        // and only ever accessed atomically (and only as 32 bits: see the layout).
         unsafe { &*p }
     }
 
@@ -518,6 +536,35 @@ impl Control {
         Some((seq, std::array::from_fn(|i| self.load(BACKUP_FP + 8 * i))))
     }
 
+    /// The doorbell's value, to sleep on later (`sleep_on_bell`): read it before looking for work.
+    pub fn bell(&self) -> u32 {
+        bell::current(self.word32(BELL))
+    }
+
+    /// Wakes every consumer sleeping on the doorbell, in any process.
+    pub fn ring_bell(&self) {
+        bell::ring(self.word32(BELL))
+    }
+
+    /// Sleeps until the doorbell rings after `seen` was read, or `timeout`.
+    pub fn sleep_on_bell(&self, seen: u32, timeout: Duration) {
+        bell::sleep(self.word32(BELL), seen, timeout)
+    }
+
+    /// The active consumer says it is going to sleep parked (or is awake again). Sequentially
+    /// consistent with `consumer_parked` and the sealed state (see `DbState::publish_sealed`).
+    pub fn set_consumer_parked(&self, parked: bool) {
+        self.word(CONSUMER_PARKED)
+            .store(parked as u64, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Whether the active consumer sleeps parked. A writer that just published a seal fences
+    /// (SeqCst) before asking, so that either it sees the flag or the consumer sees the seal.
+    pub fn consumer_parked(&self) -> bool {
+        self.word(CONSUMER_PARKED).load(Ordering::SeqCst) != 0
+    }
+
     /// Takes a `spool_sync` ticket: the request is answered once `sync_served` reaches it.
     pub fn request_sync(&self) -> u64 {
         self.word(SYNC_REQUESTED).fetch_add(1, Ordering::AcqRel) + 1
@@ -709,6 +756,33 @@ mod tests {
         assert_eq!(caller.sync_served(), 2);
         consumer.set_committed_seq(41);
         assert_eq!(caller.committed_seq(), 41);
+    }
+
+    /// Two mappings of one file stand in for two processes: the futex must be the shared kind
+    /// (keyed by the file), or a ring through one mapping would not wake a sleeper on the other.
+    #[test]
+    fn a_ring_through_one_mapping_wakes_a_sleeper_on_another() {
+        let d = dir("bell");
+        let consumer = Control::open(&d).unwrap();
+        let writer = Control::open(&d).unwrap();
+        assert!(!writer.consumer_parked());
+        consumer.set_consumer_parked(true);
+        assert!(writer.consumer_parked());
+        let seen = consumer.bell();
+        let sleeper = std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            consumer.sleep_on_bell(seen, Duration::from_secs(60));
+            (consumer.bell(), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        writer.ring_bell();
+        let (bell, slept) = sleeper.join().unwrap();
+        assert_eq!(bell, seen + 1);
+        // Not a timing requirement: only tells a wake-up (ms) from the 60 s timeout.
+        assert!(
+            slept < Duration::from_secs(30),
+            "slept {slept:?}: the ring did not wake it"
+        );
     }
 
     #[test]

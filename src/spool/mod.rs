@@ -5,6 +5,7 @@
 //! `Commit` entry. Only sealed transactions (followed by their `Commit`) are ever applied; anything
 //! after the last valid `Commit` of a segment is a torn or abandoned tail and is ignored.
 
+pub mod bell;
 pub mod control;
 pub mod format;
 pub mod reader;

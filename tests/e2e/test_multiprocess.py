@@ -9,6 +9,7 @@ times because the consumers' timing varies from run to run.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,54 @@ def test_second_process_sees_same_status_paths(procs, child_env, connections, tm
     for key in ("db", "backup", "spool"):
         assert Path(sa[key]).resolve() == Path(sb[key]).resolve(), (key, sa, sb)
     b.close()
+
+
+#: Offset of the control file's `consumer_parked` word (src/spool/control.rs).
+CONSUMER_PARKED_OFFSET = 2056
+
+
+def consumer_parked(spool_dir: Path) -> bool:
+    raw = (spool_dir / "control").read_bytes()
+    return int.from_bytes(raw[CONSUMER_PARKED_OFFSET : CONSUMER_PARKED_OFFSET + 8], "little") != 0
+
+
+def marker_in_backup(backup: Path, marker: str) -> bool:
+    try:
+        con = sh.ro_connect(backup)
+        try:
+            return con.execute("SELECT count(*) FROM t WHERE v = ?", (marker,)).fetchone()[0] == 1
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_another_process_wakes_the_parked_consumer(procs, fault_env, tmp_path, journal):
+    """A's consumer is active and parked (fault build: it sleeps 120 s unless rung). B's commit,
+    and then B's spool_sync, must each wake it through the control file's doorbell: the marker
+    must reach the backup long before A's own timer would have looked. Before the doorbell was
+    shared, only in-process seals woke a parked consumer; another process's waited for a tick."""
+    Path(fault_env["SPOOLVFS_FAULTS_FILE"]).write_text("parked_sleeps_long\n")
+    db, backup, spool = tmp_path / "app.db", tmp_path / "app.db-backup", tmp_path / "app.db-spool"
+    uri = sh.spool_uri_params(db, backup=backup, spool=spool)
+    a = sh.DrivenChild(procs, fault_env, uri, tmp_path / "a.err", journal_mode=journal)
+    a.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    assert a.sync() == 1
+    b = sh.DrivenChild(procs, fault_env, uri, tmp_path / "b.err", journal_mode=journal)
+    # B's open rang the bell: wait until A's consumer has gone back to its long sleep.
+    sh.wait_until(lambda: consumer_parked(spool), what="A's consumer parked")
+    b.sql("INSERT INTO t(v) VALUES('from b')")
+    sh.wait_until(
+        lambda: marker_in_backup(backup, "from b"),
+        timeout=60,
+        what="B's row in the backup while A's consumer is parked",
+    )
+    # A request with nothing left to apply: only a ring can get A's consumer to answer it.
+    sh.wait_until(lambda: consumer_parked(spool), what="A's consumer parked again")
+    assert b.sync(60_000) == 1
+    st = a.status()
+    assert st["consumer_here"] and st["state"] != "failing", st
+    b.close()
+    a.converged(db, backup, journal)
+    a.close()
