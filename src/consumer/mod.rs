@@ -1201,22 +1201,17 @@ mod tests {
         add_records(&mut writes, &[r1, r2], Some(file));
         let mut got = vec![0xEEu8; 6 * ps as usize];
         assert!(writes.read_covered(0, &mut got).is_ok());
-        let page_of = |pgno: u64| &got[((pgno - 1) * ps) as usize..(pgno * ps) as usize];
-        assert!(
-            page_of(1).iter().all(|&b| b == 0xEE),
-            "pages 1-3 are not the batch's"
-        );
-        assert!(
-            page_of(4).iter().all(|&b| b == 0x44),
-            "page 4 is record 2's"
-        );
-        assert!(
-            page_of(5).iter().all(|&b| b == 0),
-            "page 5 was cut off by record 1"
-        );
-        assert!(
-            page_of(6).iter().all(|&b| b == 0),
-            "page 6 was never written"
-        );
+        let expected = [
+            (1, 0xEE, "not the batch's"),
+            (2, 0xEE, "not the batch's"),
+            (3, 0xEE, "not the batch's"),
+            (4, 0x44, "record 2's"),
+            (5, 0, "cut off by record 1"),
+            (6, 0, "never written"),
+        ];
+        for (pgno, byte, why) in expected {
+            let page = &got[((pgno - 1) * ps) as usize..(pgno * ps) as usize];
+            assert!(page.iter().all(|&b| b == byte), "page {pgno} is {why}");
+        }
     }
 }
