@@ -379,7 +379,7 @@ impl Consumer {
     /// sleep is on the control file's doorbell, so a ring from any process ends it: a seal made
     /// while this consumer is parked, a `spool_sync` request, a loss, a close.
     fn idle_wait(&mut self) {
-        let c = self.state.control.clone();
+        let c = &self.state.control;
         if self.failures > 0 {
             c.sleep_on_bell(self.bell_seen, TICK * self.failures.min(20));
             return;
@@ -1075,7 +1075,8 @@ fn chain_check(prev: &AppliedState, r: &Record) -> Result<(), String> {
     Ok(())
 }
 
-/// Adds every page of `records`, in order, to `writes` (later writes win).
+/// Adds every page of `records`, in order, to `writes` (later writes win), each record's cut
+/// to its database size: the write set applying them one by one would make.
 fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::fs::File>>) {
     let Some(file) = file else { return };
     let final_size = records.last().map_or(0, |r| r.info.db_size);

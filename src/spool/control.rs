@@ -107,22 +107,22 @@ const SPAN_OWNER: usize = 216;
 const SYNC_REQUESTED: usize = 224;
 const SYNC_SERVED: usize = 232;
 const COMMITTED_SEQ: usize = 240;
+const BOOT_ID: usize = 248;
 const CLEAN_LOCK: usize = 768;
 const CLEAN_SEQ: usize = 776;
 const CLEAN_LOST: usize = 784;
 const CLEAN_DB: usize = 792;
 const CLEAN_BACKUP: usize = CLEAN_DB + 8 * filestamp::WORDS;
-const BOOT_ID: usize = 248;
 const BACKUP_FP_SEQ: usize = 872;
-const BACKUP_FP: usize = 984;
 const SPAN_START_OWNER: usize = 880;
 const SPAN_START: usize = 888;
 const SPAN_START_BACKUP: usize = SPAN_START + 8 * RECORD_WORDS;
-/// Words of a `PublishedRecord` as stored (`store_record`).
+const BACKUP_FP: usize = 984;
 const BELL: usize = 2048;
 const CONSUMER_PARKED: usize = 2056;
-const RECORD_WORDS: usize = 7;
 const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && CONSUMER_PARKED + 8 <= SIZE as usize);
+/// Words of a `PublishedRecord` as stored (`store_record`).
+const RECORD_WORDS: usize = 7;
 /// Words of the backup fingerprint kept with a span's start (opaque here).
 pub const SPAN_BACKUP_WORDS: usize = 5;
 const PIDS: usize = 256;
@@ -551,12 +551,11 @@ impl Control {
         bell::sleep(self.word32(BELL), seen, timeout)
     }
 
-    /// The active consumer says it is going to sleep parked (or is awake again). Sequentially
-    /// consistent with `consumer_parked` and the sealed state (see `DbState::publish_sealed`).
+    /// The active consumer says it is going to sleep parked (or is awake again). Before parking
+    /// it fences (SeqCst) between this and its last look at the sealed state (`idle_wait`).
     pub fn set_consumer_parked(&self, parked: bool) {
         self.word(CONSUMER_PARKED)
             .store(parked as u64, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Whether the active consumer sleeps parked. A writer that just published a seal fences
