@@ -2,18 +2,30 @@
 //! capture state (under `capture`), the progress both sides report (under `progress`), and the
 //! handle of its consumer thread.
 //!
-//! Lock order: `capture` before `progress`; nothing else is held while waiting on `changed`.
+//! Lock order: `capture` before `progress`; neither is held while a `spool_sync` caller sleeps
+//! (on the control file's answer bell).
 //! Invariant (kept in the shared control file): the applied sequence number never passes the
 //! sealed one, and `resynced_gen >= lost_gen` means every loss so far was repaired by a resync.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::capture::{Capture, Outcome, Sealed, TxnClaim};
 use crate::config::Config;
 use crate::spool::control::Control;
+
+/// How long a `spool_sync` caller sleeps on the answer bell before it looks again unrung.
+const ANSWER_RECHECK: Duration = Duration::from_millis(50);
+
+/// `ANSWER_RECHECK`; test builds can stretch it to prove that answers ring the caller awake.
+fn answer_recheck() -> Duration {
+    if crate::faults::active("answer_waits_long") {
+        return Duration::from_secs(120);
+    }
+    ANSWER_RECHECK
+}
 
 /// What the consumer is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +88,6 @@ pub struct DbState {
     /// transaction is open.
     pub txn_claim: Arc<TxnClaim>,
     pub progress: Mutex<Progress>,
-    /// Signalled whenever this process's consumer makes progress.
-    pub changed: Condvar,
     pub(crate) consumer: Mutex<Option<JoinHandle<()>>>,
     /// This process's consumer (active or passive) is in a long sleep: a seal must ring the
     /// doorbell (it then keeps this process's spool mapping populated for the writer). While
@@ -120,7 +130,6 @@ impl DbState {
                 clean_open: false,
                 open_check: None,
             }),
-            changed: Condvar::new(),
             consumer: Mutex::new(None),
             parked: AtomicBool::new(false),
             wal_deleted_stamp: Mutex::new(None),
@@ -189,7 +198,6 @@ impl DbState {
         p.errors += 1;
         p.last_error = Some(msg);
         drop(p);
-        self.changed.notify_all();
     }
 
     /// Frees the shared "transaction open" slot if it names this process while no connection of
@@ -231,9 +239,12 @@ impl DbState {
         let target = c.sealed().seq;
         let gen_ = c.lost_gen();
         let ticket = c.request_sync();
+        // Registered before the first check: the consumer that answers, in whichever process,
+        // then rings the answer bell (a shared futex), so the answer wakes this thread at once.
+        let _waiting = c.wait_for_answers();
         self.ring();
-        let mut p = lock(&self.progress);
         loop {
+            let seen = c.answer_bell();
             if c.sync_served() >= ticket && c.committed_seq() >= target && c.resynced_gen() >= gen_
             {
                 return true;
@@ -242,13 +253,9 @@ impl DbState {
             if now >= deadline {
                 return false;
             }
-            // The active consumer may be another process's: poll the control file too.
-            let wait = (deadline - now).min(Duration::from_millis(5));
-            p = self
-                .changed
-                .wait_timeout(p, wait)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            // Bounded anyway: a consumer that dies between its progress and its ring must not
+            // leave the caller asleep until the deadline (its successor answers; we look again).
+            c.sleep_on_answers(seen, (deadline - now).min(answer_recheck()));
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `consumer_panic`       | the consumer's loop body panics                            |
 //! | `kill_before_wal_seal` | SIGKILL between a WAL commit of this process and its seal  |
 //! | `parked_sleeps_long`   | a parked consumer sleeps 120 s unless the doorbell rings   |
+//! | `answer_waits_long`    | a `spool_sync` caller sleeps 120 s unless its answer rings |
 //!
 //! Without the feature every check is a constant `false`, so call sites stay unconditional.
 

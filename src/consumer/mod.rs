@@ -325,7 +325,8 @@ impl Consumer {
                     Step::Idle
                 }
             };
-            self.state.changed.notify_all();
+            // Served tickets, committed records, a resync: wake `spool_sync` callers, if any.
+            self.state.control.ring_answers();
             if self.should_stop() {
                 break;
             }
@@ -340,7 +341,7 @@ impl Consumer {
             self.state.control.set_consumer(0, now_us());
         }
         lock(&self.state.progress).phase = Phase::Stopped;
-        self.state.changed.notify_all();
+        self.state.control.ring_answers();
     }
 
     /// Stopping as the active consumer: if this is a clean close (caught up, nobody else uses

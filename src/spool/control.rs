@@ -60,6 +60,11 @@
 //!                                                            (`bell`): rung to wake consumers
 //! 2056 consumer_parked       active consumer                 1 while it sleeps parked: every
 //!                                                            seal then rings the bell
+//! 2064 answer_bell (u32)     active consumer                 a second shared futex: rung when
+//!                                                            it made progress that a
+//!                                                            `spool_sync` caller waits for
+//! 2072 sync_waiters          any `spool_sync` caller         callers asleep on answer_bell
+//!                                                            (the consumer rings only if > 0)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -120,7 +125,9 @@ const SPAN_START_BACKUP: usize = SPAN_START + 8 * RECORD_WORDS;
 const BACKUP_FP: usize = 984;
 const BELL: usize = 2048;
 const CONSUMER_PARKED: usize = 2056;
-const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && CONSUMER_PARKED + 8 <= SIZE as usize);
+const ANSWER_BELL: usize = 2064;
+const SYNC_WAITERS: usize = 2072;
+const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && SYNC_WAITERS + 8 <= SIZE as usize);
 /// Words of a `PublishedRecord` as stored (`store_record`).
 const RECORD_WORDS: usize = 7;
 /// Words of the backup fingerprint kept with a span's start (opaque here).
@@ -564,6 +571,40 @@ impl Control {
         self.word(CONSUMER_PARKED).load(Ordering::SeqCst) != 0
     }
 
+    /// A `spool_sync` caller, in any process, starts waiting for its answer: from now on the
+    /// consumer rings the answer bell after its steps. The caller reads `answer_bell` and checks
+    /// its answer only after this (the registration is SeqCst and followed by a fence), so either
+    /// the consumer sees the waiter or the caller sees the consumer's progress. Undone by
+    /// dropping the guard.
+    pub fn wait_for_answers(&self) -> SyncWaiter<'_> {
+        // The guard keeps the very word it counted in: if the spool is recreated meanwhile
+        // (`follow`), the count it undoes is still that of the file it registered in.
+        let waiters = self.word(SYNC_WAITERS);
+        waiters.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        SyncWaiter { waiters }
+    }
+
+    /// The answer bell's value, to sleep on later (`sleep_on_answers`): read it before checking.
+    pub fn answer_bell(&self) -> u32 {
+        bell::current(self.word32(ANSWER_BELL))
+    }
+
+    /// Sleeps until the answer bell rings after `seen` was read, or `timeout`.
+    pub fn sleep_on_answers(&self, seen: u32, timeout: Duration) {
+        bell::sleep(self.word32(ANSWER_BELL), seen, timeout)
+    }
+
+    /// The active consumer made progress that a `spool_sync` caller may wait for (served
+    /// tickets, committed records, a resync): wakes the callers, in every process, if any
+    /// waits. Costs a fence and a load when nobody does; the progress must be stored before.
+    pub fn ring_answers(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0 {
+            bell::ring(self.word32(ANSWER_BELL));
+        }
+    }
+
     /// Takes a `spool_sync` ticket: the request is answered once `sync_served` reaches it.
     pub fn request_sync(&self) -> u64 {
         self.word(SYNC_REQUESTED).fetch_add(1, Ordering::AcqRel) + 1
@@ -705,6 +746,19 @@ pub fn pid_alive(pid: u64) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// A registered `spool_sync` caller (`Control::wait_for_answers`); deregisters on drop. A
+/// caller killed while registered leaves the count above zero: the consumer then rings after
+/// every step, one futex wake without sleepers each, which costs time but never correctness.
+pub struct SyncWaiter<'a> {
+    waiters: &'a AtomicU64,
+}
+
+impl Drop for SyncWaiter<'_> {
+    fn drop(&mut self) {
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,6 +836,41 @@ mod tests {
             slept < Duration::from_secs(30),
             "slept {slept:?}: the ring did not wake it"
         );
+    }
+
+    /// The consumer rings the answer bell only while a caller waits, and the ring reaches a
+    /// caller asleep on another mapping of the file (another process).
+    #[test]
+    fn answers_ring_only_while_a_caller_waits_and_wake_it() {
+        let d = dir("answers");
+        let consumer = Control::open(&d).unwrap();
+        let caller = Control::open(&d).unwrap();
+        let before = caller.answer_bell();
+        consumer.ring_answers();
+        assert_eq!(caller.answer_bell(), before, "rang with nobody waiting");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            let waiting = caller.wait_for_answers();
+            let seen = caller.answer_bell();
+            tx.send(()).unwrap();
+            let t = std::time::Instant::now();
+            caller.sleep_on_answers(seen, Duration::from_secs(60));
+            let (bell, slept) = (caller.answer_bell(), t.elapsed());
+            drop(waiting);
+            (seen, bell, slept)
+        });
+        rx.recv().unwrap();
+        consumer.ring_answers();
+        let (seen, bell, slept) = sleeper.join().unwrap();
+        assert_eq!(bell, seen + 1);
+        // Not a timing requirement: only tells a wake-up (ms) from the 60 s timeout.
+        assert!(
+            slept < Duration::from_secs(30),
+            "slept {slept:?}: the ring did not wake it"
+        );
+        // The caller left: no more rings.
+        consumer.ring_answers();
+        assert_eq!(consumer.answer_bell(), bell);
     }
 
     #[test]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -106,4 +107,35 @@ def test_another_process_wakes_the_parked_consumer(procs, fault_env, tmp_path, j
     assert st["consumer_here"] and st["state"] != "failing", st
     b.close()
     a.converged(db, backup, journal)
+    a.close()
+
+
+def test_a_sync_in_another_process_is_woken_by_its_answer(procs, fault_env, tmp_path):
+    """Fault build: a spool_sync caller sleeps 120 s between looks unless the consumer rings its
+    answer bell, and A's parked consumer sleeps 120 s unless rung. B's spool_sync (B's consumer
+    is passive) and A's own must return 1 long before their 60 s timeout: only the answer ring,
+    from A's consumer to the caller in whichever process, wakes the caller early (a missed ring
+    sleeps until the timeout, then finds the answer). The bound times nothing: it tells a wake-up
+    (milliseconds) from the 60 s sleep. Before the answer bell, callers elsewhere polled the
+    control file every 5 ms."""
+    Path(fault_env["SPOOLVFS_FAULTS_FILE"]).write_text("parked_sleeps_long\nanswer_waits_long\n")
+    db, backup, spool = tmp_path / "app.db", tmp_path / "app.db-backup", tmp_path / "app.db-spool"
+    uri = sh.spool_uri_params(db, backup=backup, spool=spool)
+    a = sh.DrivenChild(procs, fault_env, uri, tmp_path / "a.err", journal_mode="wal")
+    a.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    assert a.sync(60_000) == 1
+    b = sh.DrivenChild(procs, fault_env, uri, tmp_path / "b.err", journal_mode="wal")
+    for who, child in (("b", b), ("a", a), ("b again", b)):
+        sh.wait_until(lambda: consumer_parked(spool), what="A's consumer parked")
+        child.sql(f"INSERT INTO t(v) VALUES('from {who}')")
+        started = time.monotonic()
+        assert child.sync(60_000) == 1, who
+        slept = time.monotonic() - started
+        assert slept < 30, f"{who}: spool_sync took {slept:.1f} s: the answer did not ring"
+        assert marker_in_backup(backup, f"from {who}")
+    st = a.status()
+    assert st["consumer_here"] and st["state"] != "failing", st
+    assert not b.status()["consumer_here"]
+    b.close()
+    a.converged(db, backup, "wal")
     a.close()
