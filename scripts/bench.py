@@ -34,6 +34,9 @@ class Config:
     """Sizes of one run. `quick` is a CI smoke run (~1-2 min), `full` the real one (~20-30 min)."""
 
     reps: int
+    # Rounds for the arms that take about a second each (small WAL transactions, bulk loads):
+    # more rounds narrow the confidence interval of their per-round ratios at little cost.
+    reps_fast: int
     small_txns: int
     small_txns_wal: int
     small_warmup: int
@@ -65,6 +68,7 @@ class Config:
 CONFIGS = {
     "quick": Config(
         reps=2,
+        reps_fast=2,
         small_txns=400,
         small_txns_wal=2000,
         small_warmup=50,
@@ -93,6 +97,7 @@ CONFIGS = {
     ),
     "full": Config(
         reps=5,
+        reps_fast=15,
         small_txns=3000,
         small_txns_wal=30000,
         small_warmup=300,
@@ -136,6 +141,28 @@ def paired_ratio(arm, base, get):
     a host whose speed drifts over minutes (other guests, steal) moves both sides of each ratio
     alike; the ratio of the medians mixes rounds run at different speeds."""
     return median([ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)])
+
+
+def median_ci(values, confidence=0.90):
+    """Distribution-free confidence interval of the median: the order statistics (k-th smallest,
+    k-th largest) with the largest k whose coverage, from the binomial distribution of how many
+    values fall below the true median, is still at least `confidence`. None with fewer than 5
+    values (no interval reaches 90 % then: 5 values give 93.75 % for [min, max])."""
+    values = sorted(v for v in values if v is not None)
+    n = len(values)
+    if n < 5:
+        return None
+    best = None
+    for k in range(1, n // 2 + 1):
+        outside = 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        if 1 - outside >= confidence:
+            best = k
+    return None if best is None else (values[best - 1], values[n - best])
+
+
+def paired_ratio_ci(arm, base, get):
+    """`paired_ratio`'s 90 % confidence interval (`median_ci`) over the per-round ratios."""
+    return median_ci([ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)])
 
 
 def percentile(values, p):
@@ -382,7 +409,8 @@ def bench_writer(b, cfg):
                 n, warm = small_txns(cfg, journal), cfg.small_warmup
             else:
                 n, warm = cfg.bulk_rows, 0
-            for _ in range(cfg.reps):
+            fast = workload == "bulk" or journal == "wal"
+            for _ in range(cfg.reps_fast if fast else cfg.reps):
                 for vfs in arms:
                     raw.append(run_writer(b, vfs, journal, sync, workload, n, warm, elsewhere))
     return {"raw": raw, "rows": summarize_writer(raw)}
@@ -450,6 +478,25 @@ def summarize_writer(raw):
                     ),
                     "p99_ratio_paired": paired_ratio(
                         arm["spool"], arm["unix"], lambda r: r["txn_latency"]["p99_ms"]
+                    ),
+                    "rounds": len(arm["spool"]),
+                    "throughput_ratio_ci": paired_ratio_ci(
+                        arm["spool"], arm["unix"], lambda r: r[unit]
+                    ),
+                    "p99_ratio_ci": paired_ratio_ci(
+                        arm["spool"], arm["unix"], lambda r: r["txn_latency"]["p99_ms"]
+                    ),
+                    "shim_throughput_ratio_paired": paired_ratio(
+                        arm["passthru"], arm["unix"], lambda r: r[unit]
+                    ),
+                    "shim_throughput_ratio_ci": paired_ratio_ci(
+                        arm["passthru"], arm["unix"], lambda r: r[unit]
+                    ),
+                    "shim_p99_ratio_paired": paired_ratio(
+                        arm["passthru"], arm["unix"], lambda r: r["txn_latency"]["p99_ms"]
+                    ),
+                    "shim_p99_ratio_ci": paired_ratio_ci(
+                        arm["passthru"], arm["unix"], lambda r: r["txn_latency"]["p99_ms"]
                     ),
                     "shim_cpu_ratio": ratio(med["passthru"]["cpu_us"], med["unix"]["cpu_us"]),
                     "elsewhere_cpu_ratio": ratio(away.get("cpu_us"), med["unix"]["cpu_us"]),

@@ -72,6 +72,23 @@ def targets(r):
         # Runs from before paired ratios were kept have none.
         return also("median of per-round ratios", key, worst)
 
+    def verdict_counts(key, target, higher_is_better):
+        """How many modes the per-round 90 % intervals put on each side ("" for older runs)."""
+        found = [verdict(x.get(key), target, higher_is_better) for x in w]
+        if not any(v != "—" for v in found):
+            return ""
+        n = len(found)
+        parts = [
+            f"{label} in {found.count(v)}"
+            for v, label in (
+                ("met", "met"),
+                ("**missed**", "missed"),
+                ("within noise", "within noise"),
+            )
+            if found.count(v)
+        ]
+        return f"; per-round 90 % intervals, {n} modes: " + ", ".join(parts)
+
     vac, rs = incr.get("vacuum", {}).get("times_spool"), incr.get("rsync", {}).get("times_spool")
     big = r["incr"]["db"]["pages"] * r["incr"]["db"]["page_size"] / 1e6
     rows = [
@@ -79,6 +96,7 @@ def targets(r):
             "writer throughput spool ≥ 0.97× plain, every mode",
             f"worst {fmt(worst_t['throughput_ratio'])}× ({where(worst_t)})"
             + paired("throughput_ratio_paired", min)
+            + verdict_counts("throughput_ratio_ci", TARGETS["throughput_ratio"], True)
             + elsewhere("elsewhere_throughput_ratio", min)
             + also(
                 "a forwarding shim and one idle thread, no capture",
@@ -91,6 +109,7 @@ def targets(r):
             "commit latency p99 spool ≤ 1.10× plain, every mode",
             f"worst {fmt(worst_p['p99_ratio'])}× ({where(worst_p)})"
             + paired("p99_ratio_paired", max)
+            + verdict_counts("p99_ratio_ci", TARGETS["p99_ratio"], False)
             + elsewhere("elsewhere_p99_ratio", max),
             yes(all((x["p99_ratio"] or 99) <= TARGETS["p99_ratio"] for x in w)),
         ],
@@ -311,7 +330,7 @@ def writer(r):
         f"small: one-row transactions (200 B; {wal_n:,} in WAL, {c['small_txns']:,} in rollback "
         f"modes) after {c['small_warmup']} warm-up, throughput in txn/s; bulk: 3 transactions of "
         f"{c['bulk_rows']:,} rows, throughput in rows/s. Latency = BEGIN..COMMIT per transaction. "
-        f"Medians of {c['reps']} interleaved repetitions. *shim*: `passthru` (c/passthru.c), a C "
+        f"Medians of {reps_text(c)} interleaved repetitions. *shim*: `passthru` (c/passthru.c), a C "
         "VFS that only forwards every call to unix, run in the same rounds: its ratios to plain "
         "show how far two arms that execute the same work drift apart on this machine (the noise "
         "floor of every ratio in the table). *shim + thread*: the same shim in a process that "
@@ -343,8 +362,79 @@ def writer(r):
             ],
             rows,
         )
+        + writer_verdicts(r)
         + writer_cpu(r)
         + instructions(r)
+    )
+
+
+def reps_text(c):
+    fast = c.get("reps_fast")
+    if fast is None or fast == c["reps"]:
+        return f"{c['reps']}"
+    return f"{fast} (small WAL, bulk) or {c['reps']} (small rollback-mode)"
+
+
+def verdict(ci, target, higher_is_better):
+    """Met, missed, or within noise: where the 90 % interval of the per-round ratio lies."""
+    if ci is None:
+        return "—"
+    lo, hi = ci
+    if higher_is_better:
+        return "met" if lo >= target else ("**missed**" if hi < target else "within noise")
+    return "met" if hi <= target else ("**missed**" if lo > target else "within noise")
+
+
+def ci_text(median, ci):
+    if median is None:
+        return "—"
+    if ci is None:
+        return fmt(median)
+    return f"{fmt(median)} [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def writer_verdicts(r):
+    """Per mode: the per-round spool/plain ratios with their 90 % confidence intervals, read
+    against the targets, beside the same for the forwarding shim (which does plain's work)."""
+    w = [x for x in r["writer"]["rows"] if "throughput_ratio_ci" in x]
+    if not w:
+        return ""
+    rows = [
+        [
+            x["workload"],
+            x["journal"],
+            x["sync"],
+            x["rounds"],
+            ci_text(x["throughput_ratio_paired"], x["throughput_ratio_ci"]),
+            verdict(x["throughput_ratio_ci"], TARGETS["throughput_ratio"], True),
+            ci_text(x["p99_ratio_paired"], x["p99_ratio_ci"]),
+            verdict(x["p99_ratio_ci"], TARGETS["p99_ratio"], False),
+            ci_text(x.get("shim_throughput_ratio_paired"), x.get("shim_throughput_ratio_ci")),
+            ci_text(x.get("shim_p99_ratio_paired"), x.get("shim_p99_ratio_ci")),
+        ]
+        for x in w
+    ]
+    return (
+        "\nThe targets mode by mode, from the per-round ratios (each round runs the arms back to "
+        "back): their median and a distribution-free 90 % confidence interval for it (order "
+        "statistics). *met*: the whole interval is on the target's side; *missed*: the whole "
+        "interval is on the wrong side; *within noise*: the rounds cannot tell. The shim's "
+        "ratios, which should be 1, show how wide the noise is.\n\n"
+        + table(
+            [
+                "workload",
+                "journal",
+                "sync",
+                "rounds",
+                "throughput ratio [90 % CI]",
+                "≥ 0.97",
+                "p99 ratio [90 % CI]",
+                "≤ 1.10",
+                "shim throughput ratio [90 % CI]",
+                "shim p99 ratio [90 % CI]",
+            ],
+            rows,
+        )
     )
 
 
