@@ -291,8 +291,20 @@ pub fn apply(
 pub fn apply_batch(
     span: &mut Option<Span>,
     backup_path: &Path,
+    req: ApplyRequest,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport, ApplyFailure> {
+    apply_batch_with(span, backup_path, req, opts, &mut || {})
+}
+
+/// `apply_batch`, calling `upkeep` after every `CHUNK` written to the database file: the consumer
+/// keeps its process's spool mapping ready for the writer while it applies a big batch.
+pub fn apply_batch_with(
+    span: &mut Option<Span>,
+    backup_path: &Path,
     mut req: ApplyRequest,
     opts: &ApplyOptions,
+    upkeep: &mut dyn FnMut(),
 ) -> Result<ApplyReport, ApplyFailure> {
     if !valid_page_size(req.page_size) {
         return Err(invalid("invalid page size").into());
@@ -362,7 +374,8 @@ pub fn apply_batch(
             .upgrade_to_exclusive(remaining(deadline))
             .map_err(at(Stage::Exclusive))?;
         s.db_written = true;
-        write_db(&file, &req.writes, &req, opts, &mut report).map_err(at(Stage::Database))?;
+        write_db(&file, &req.writes, &req, opts, &mut report, upkeep)
+            .map_err(at(Stage::Database))?;
         file.set_len(req.final_size).map_err(at(Stage::Database))?;
         s.last_batch = Instant::now();
         Ok(report)
@@ -611,8 +624,10 @@ fn write_db(
     req: &ApplyRequest,
     opts: &ApplyOptions,
     report: &mut ApplyReport,
+    upkeep: &mut dyn FnMut(),
 ) -> io::Result<()> {
     let ps = u64::from(req.page_size);
+    let mut next_upkeep = CHUNK;
     let lock_lo = PENDING_BYTE;
     let lock_hi = PENDING_BYTE + ps;
     let fail_after = if opts.fail_at == Some(FailPoint::AfterSomeDbWrites) {
@@ -637,6 +652,10 @@ fn write_db(
                 src.read_exact_at(&mut buf, pos - off)?;
                 file.write_all_at(&buf, pos)?;
                 report.bytes_written += n;
+                if report.bytes_written >= next_upkeep {
+                    upkeep();
+                    next_upkeep = report.bytes_written + CHUNK;
+                }
                 let first = pos / ps;
                 let last = (pos + n - 1) / ps;
                 let from = match last_page {

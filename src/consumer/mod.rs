@@ -371,8 +371,7 @@ impl Consumer {
     /// commits copy into memory that is already mapped (no page fault on the commit path), and
     /// the written pages behind released (no TLB shootdown on the commit path either).
     fn maintain_mapping(&mut self) {
-        let upkeep = lock(&self.state.capture).spool.maintenance();
-        upkeep.run();
+        mapping_upkeep(&self.state)();
     }
 
     /// Sleeps until there may be work: a short poll while records flow, a longer parked sleep
@@ -830,6 +829,7 @@ impl Consumer {
     /// Reads the next records up to the sealed position `limit`. `Ok(Err(why))` means the spool
     /// lost data that was published as sealed.
     fn read_batch(&mut self, limit: SealedPos) -> io::Result<Result<Vec<Record>, String>> {
+        let mut upkeep = mapping_upkeep(&self.state);
         loop {
             if self.cursor.reader.is_none() {
                 let at = self.cursor.at;
@@ -849,7 +849,7 @@ impl Consumer {
             };
             let current = reader.no;
             let seg_limit = (current == limit.segment).then_some(limit.end);
-            let out = reader.read_records(seg_limit, MAX_BATCH_PAGES)?;
+            let out = reader.read_records_with(seg_limit, MAX_BATCH_PAGES, &mut upkeep)?;
             if !out.records.is_empty() {
                 return Ok(Ok(out.records));
             }
@@ -911,11 +911,12 @@ impl Consumer {
         c.set_backup_fp(None);
         let result = match crate::faults::io_error("backup_eio", libc::EIO) {
             Some(e) => Err(apply::ApplyFailure::from(e)),
-            None => apply::apply_batch(
+            None => apply::apply_batch_with(
                 &mut self.span,
                 &self.state.cfg.backup,
                 req,
                 &apply_options(),
+                &mut mapping_upkeep(&self.state),
             ),
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
@@ -997,6 +998,20 @@ impl Consumer {
                 let _ = std::fs::remove_file(segment_path(&self.state.cfg.spool, n));
             }
         }
+    }
+}
+
+/// The mapping upkeep (`Consumer::maintain_mapping`) as a closure, also run from inside long
+/// steps: while the consumer reads and applies a bulk transaction of tens of MiB (~100 ms), a bulk
+/// writer of the same process runs past the populated window and takes the page faults itself
+/// (measured by hand: ~3,100 writer faults for a 3 x 43 MB bulk load in DELETE mode, ~3.7 % of
+/// the writer's samples). Takes the capture lock only to compute the ranges, like a capture event;
+/// never called while it is held.
+fn mapping_upkeep(state: &Arc<DbState>) -> impl FnMut() + use<> {
+    let state = state.clone();
+    move || {
+        let upkeep = lock(&state.capture).spool.maintenance();
+        upkeep.run();
     }
 }
 

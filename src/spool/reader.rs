@@ -15,6 +15,9 @@ use std::sync::Arc;
 use super::format::{self, CommitInfo, ENTRY_HEADER_LEN, EntryKind, SEGMENT_HEADER_LEN};
 use super::segment_path;
 
+/// How many bytes `read_records_with` reads between two calls of its upkeep.
+pub const UPKEEP_EVERY: u64 = 1 << 20;
+
 /// Where one captured page image lives in a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRef {
@@ -120,6 +123,18 @@ impl SegmentReader {
         limit: Option<u64>,
         max_pages: usize,
     ) -> io::Result<ReadOutcome> {
+        self.read_records_with(limit, max_pages, &mut || {})
+    }
+
+    /// `read_records`, calling `upkeep` after every `UPKEEP_EVERY` bytes read: a record can be
+    /// tens of MiB, and the consumer keeps its process's spool mapping ready meanwhile.
+    pub fn read_records_with(
+        &mut self,
+        limit: Option<u64>,
+        max_pages: usize,
+        upkeep: &mut dyn FnMut(),
+    ) -> io::Result<ReadOutcome> {
+        let mut next_upkeep = self.pos + UPKEEP_EVERY;
         let mut out = ReadOutcome::default();
         let mut pages: Vec<PageRef> = Vec::new();
         let mut pos = self.pos;
@@ -190,6 +205,10 @@ impl SegmentReader {
                 }
             }
             pos = next;
+            if pos >= next_upkeep {
+                upkeep();
+                next_upkeep = pos + UPKEEP_EVERY;
+            }
         }
         Ok(out)
     }
@@ -218,6 +237,30 @@ mod tests {
             wal_frames: 0,
             wal_first_frame: 0,
         }
+    }
+
+    /// A record of several MiB (a bulk load) is read with the upkeep called along the way, not
+    /// only once it is done: the consumer keeps the writer's mapping ready meanwhile.
+    #[test]
+    fn a_big_record_is_read_with_upkeep_along_the_way() {
+        let d = dir("upkeep");
+        let c = Control::open(&d).unwrap();
+        let mut w = SpoolWriter::new(d.clone(), false, u64::MAX);
+        let pages = 4 * (UPKEEP_EVERY / 512) as u32;
+        for i in 0..pages {
+            w.append_page(&c, u64::from(i) * 512, &[i as u8; 512])
+                .unwrap();
+        }
+        let (_, end) = w.seal(&c, &info(pages)).unwrap();
+        let mut calls = 0;
+        let mut r = SegmentReader::open(&d, 1).unwrap();
+        let out = r
+            .read_records_with(Some(end.end), usize::MAX, &mut || calls += 1)
+            .unwrap();
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(out.records[0].pages.len(), pages as usize);
+        // Over 4 MiB of entries: at least one call per MiB read.
+        assert!(calls >= 4, "upkeep called {calls} times");
     }
 
     #[test]
