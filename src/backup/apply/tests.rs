@@ -209,6 +209,38 @@ fn apply_creates_missing_backup() {
     assert_eq!(mode & !0o644, 0, "created with at most 0644, got {mode:o}");
 }
 
+/// A batch of several MiB is written with the upkeep called along the way (every `CHUNK`), not
+/// only once it is done: the consumer keeps the writer's spool mapping ready meanwhile.
+#[test]
+fn a_big_batch_is_applied_with_upkeep_along_the_way() {
+    let t = Tmp::new("upkeep");
+    let a = t.p("a.db");
+    make_a(&a, 4096, 12_000);
+    let (writes, final_size, page_size) = pages_of(&a);
+    assert!(
+        final_size >= 3 * CHUNK,
+        "source of {final_size} bytes is too small"
+    );
+    let backup = t.p("backup.db");
+    let req = ApplyRequest {
+        writes,
+        final_size,
+        page_size,
+        bump_counter_if_unchanged: false,
+    };
+    let mut span = None;
+    let mut calls = 0u64;
+    apply_batch_with(&mut span, &backup, req, &opts(None), &mut || calls += 1)
+        .map_err(|f| f.error)
+        .unwrap();
+    close_span(&mut span, &opts(None)).unwrap();
+    assert!(std::fs::read(&backup).unwrap() == std::fs::read(&a).unwrap());
+    assert!(
+        calls >= final_size / CHUNK - 1,
+        "upkeep called {calls} times for {final_size} bytes"
+    );
+}
+
 const FAILS: [FailPoint; 4] = [
     FailPoint::AfterJournalRecords,
     FailPoint::AfterJournalHot,
