@@ -140,7 +140,12 @@ def paired_ratio(arm, base, get):
     """Median over rounds of arm/base within each round. Arms of one round run back to back, so
     a host whose speed drifts over minutes (other guests, steal) moves both sides of each ratio
     alike; the ratio of the medians mixes rounds run at different speeds."""
-    return median([ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)])
+    return median(per_round_ratios(arm, base, get))
+
+
+def per_round_ratios(arm, base, get):
+    """arm/base of each round, in round order."""
+    return [ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)]
 
 
 def median_ci(values, confidence=0.90):
@@ -162,7 +167,7 @@ def median_ci(values, confidence=0.90):
 
 def paired_ratio_ci(arm, base, get):
     """`paired_ratio`'s 90 % confidence interval (`median_ci`) over the per-round ratios."""
-    return median_ci([ratio(get(a), get(b)) for a, b in zip(arm, base, strict=False)])
+    return median_ci(per_round_ratios(arm, base, get))
 
 
 def percentile(values, p):

@@ -330,7 +330,7 @@ impl Consumer {
             if self.should_stop() {
                 break;
             }
-            self.maintain_mapping();
+            maintain_mapping(&self.state);
             if let Step::Idle = step {
                 self.idle_wait();
             }
@@ -365,13 +365,6 @@ impl Consumer {
                 ),
             );
         }
-    }
-
-    /// Keeps this process's spool mapping ready for its writer: the window ahead populated, so
-    /// commits copy into memory that is already mapped (no page fault on the commit path), and
-    /// the written pages behind released (no TLB shootdown on the commit path either).
-    fn maintain_mapping(&mut self) {
-        mapping_upkeep(&self.state)();
     }
 
     /// Sleeps until there may be work: a short poll while records flow, a longer parked sleep
@@ -829,7 +822,8 @@ impl Consumer {
     /// Reads the next records up to the sealed position `limit`. `Ok(Err(why))` means the spool
     /// lost data that was published as sealed.
     fn read_batch(&mut self, limit: SealedPos) -> io::Result<Result<Vec<Record>, String>> {
-        let mut upkeep = mapping_upkeep(&self.state);
+        let state = &self.state;
+        let mut upkeep = || maintain_mapping(state);
         loop {
             if self.cursor.reader.is_none() {
                 let at = self.cursor.at;
@@ -916,7 +910,7 @@ impl Consumer {
                 &self.state.cfg.backup,
                 req,
                 &apply_options(),
-                &mut mapping_upkeep(&self.state),
+                &mut || maintain_mapping(&self.state),
             ),
         };
         // Only a fingerprint taken after a successful apply vouches for the backup.
@@ -1001,18 +995,17 @@ impl Consumer {
     }
 }
 
-/// The mapping upkeep (`Consumer::maintain_mapping`) as a closure, also run from inside long
-/// steps: while the consumer reads and applies a bulk transaction of tens of MiB (~100 ms), a bulk
-/// writer of the same process runs past the populated window and takes the page faults itself
-/// (measured by hand: ~3,100 writer faults for a 3 x 43 MB bulk load in DELETE mode, ~3.7 % of
-/// the writer's samples). Takes the capture lock only to compute the ranges, like a capture event;
-/// never called while it is held.
-fn mapping_upkeep(state: &Arc<DbState>) -> impl FnMut() + use<> {
-    let state = state.clone();
-    move || {
-        let upkeep = lock(&state.capture).spool.maintenance();
-        upkeep.run();
-    }
+/// Keeps this process's spool mapping ready for its writer: the window ahead populated, so
+/// commits copy into memory that is already mapped (no page fault on the commit path), and the
+/// written pages behind released (no TLB shootdown on the commit path either). Run after every
+/// consumer step and also from inside long ones: while the consumer reads and applies a bulk
+/// transaction of tens of MiB (~100 ms), a bulk writer of the same process ran past the populated
+/// window and took the page faults itself (measured by hand: ~3,100 writer faults for a
+/// 3 x 43 MB bulk load in DELETE mode, ~3.7 % of the writer's samples). Takes the capture lock
+/// only to compute the ranges, like a capture event; never called while it is held.
+fn maintain_mapping(state: &DbState) {
+    let upkeep = lock(&state.capture).spool.maintenance();
+    upkeep.run();
 }
 
 fn apply_options() -> ApplyOptions {

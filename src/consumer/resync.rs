@@ -368,7 +368,6 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         let mut pr = lock(&c.state.progress);
         pr.resync_done = pr.resync_total;
     }
-    c.state.control.ring_answers();
     c.cursor.reader = None;
     c.cursor.at = if s.seq == 0 {
         SealedPos::default()
