@@ -241,7 +241,7 @@ impl DbState {
         let ticket = c.request_sync();
         // Registered before the first check: the consumer that answers, in whichever process,
         // then rings the answer bell (a shared futex), so the answer wakes this thread at once.
-        let _waiting = c.wait_for_answers();
+        let _waiting = c.wait_for_answers(timeout);
         self.ring();
         loop {
             let seen = c.answer_bell();

@@ -15,6 +15,21 @@ pub fn now_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// Milliseconds on the system-wide monotonic clock: the same in every process of the machine
+/// (counted from boot) and never set back, so processes can compare deadlines they publish in
+/// shared memory. 0 if the clock cannot be read.
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 || ts.tv_sec < 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// Tests only: an empty directory `<tag>-<name>` under this test process's own root,
 /// `spoolvfs-unit-<pid>` in the system's temp dir (what was there is removed first).
 ///

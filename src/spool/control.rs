@@ -63,8 +63,17 @@
 //! 2064 answer_bell (u32)     active consumer                 a second shared futex: rung when
 //!                                                            it made progress that a
 //!                                                            `spool_sync` caller waits for
-//! 2072 sync_waiters          any `spool_sync` caller         callers asleep on answer_bell
-//!                                                            (the consumer rings only if > 0)
+//! 2072 sync_waiters          any `spool_sync` caller         callers asleep on answer_bell that
+//!                                                            found no free slot below (and
+//!                                                            those of builds before the slots)
+//! 2080 sync_wait_slots[16]   any `spool_sync` caller         one per caller asleep on
+//!                                                            answer_bell: its deadline (ms,
+//!                                                            monotonic clock) << 16 | a tag, 0
+//!                                                            when free. The consumer rings only
+//!                                                            while a slot's deadline is ahead
+//!                                                            or the count above is > 0; a slot
+//!                                                            past its deadline is free (its
+//!                                                            caller was killed while waiting)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -127,7 +136,13 @@ const BELL: usize = 2048;
 const CONSUMER_PARKED: usize = 2056;
 const ANSWER_BELL: usize = 2064;
 const SYNC_WAITERS: usize = 2072;
-const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && SYNC_WAITERS + 8 <= SIZE as usize);
+const SYNC_WAIT_SLOTS: usize = 2080;
+const SYNC_WAIT_SLOT_COUNT: usize = 16;
+const _: () = assert!(
+    ERROR_TEXT + ERROR_MAX <= BELL && SYNC_WAIT_SLOTS + 8 * SYNC_WAIT_SLOT_COUNT <= SIZE as usize
+);
+/// Bits of a wait slot below the deadline: a tag that tells callers with the same deadline apart.
+const SLOT_TAG_BITS: u32 = 16;
 /// Words of a `PublishedRecord` as stored (`store_record`).
 const RECORD_WORDS: usize = 7;
 /// Words of the backup fingerprint kept with a span's start (opaque here).
@@ -571,18 +586,45 @@ impl Control {
         self.word(CONSUMER_PARKED).load(Ordering::SeqCst) != 0
     }
 
-    /// A `spool_sync` caller, in any process, starts waiting for its answer: from now on the
-    /// consumer rings the answer bell after its steps. The caller reads `answer_bell` and checks
-    /// its answer only after this (the registration is SeqCst and followed by a fence), so either
-    /// the consumer sees the waiter or the caller sees the consumer's progress. Undone by
-    /// dropping the guard.
-    pub fn wait_for_answers(&self) -> SyncWaiter<'_> {
-        // The guard keeps the very word it counted in: if the spool is recreated meanwhile
-        // (`follow`), the count it undoes is still that of the file it registered in.
+    /// A `spool_sync` caller, in any process, starts waiting for its answer, for at most
+    /// `timeout`: from now on, until then, the consumer rings the answer bell after its steps. The
+    /// caller reads `answer_bell` and checks its answer only after this (the registration is
+    /// SeqCst and followed by a fence), so either the consumer sees the waiter or the caller sees
+    /// the consumer's progress. Undone by dropping the guard, or by the deadline passing (a
+    /// caller killed while waiting never drops it).
+    pub fn wait_for_answers(&self, timeout: Duration) -> SyncWaiter<'_> {
+        // The guard keeps the very word it registered in: if the spool is recreated meanwhile
+        // (`follow`), what it undoes is still in the file it registered in.
+        let now = crate::util::monotonic_ms();
+        let until = now
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .saturating_add(1) // rounds up: the slot never expires before the caller stops
+            .min(u64::MAX >> SLOT_TAG_BITS);
+        let value = until << SLOT_TAG_BITS | u64::from(next_slot_tag());
+        for i in 0..SYNC_WAIT_SLOT_COUNT {
+            let slot = self.word(SYNC_WAIT_SLOTS + 8 * i);
+            let v = slot.load(Ordering::SeqCst);
+            let free = v == 0 || v >> SLOT_TAG_BITS < now;
+            if free
+                && slot
+                    .compare_exchange(v, value, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                return SyncWaiter {
+                    word: slot,
+                    slot_value: value,
+                };
+            }
+        }
+        // More callers wait than there are slots: counted, without a deadline.
         let waiters = self.word(SYNC_WAITERS);
         waiters.fetch_add(1, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
-        SyncWaiter { waiters }
+        SyncWaiter {
+            word: waiters,
+            slot_value: 0,
+        }
     }
 
     /// The answer bell's value, to sleep on later (`sleep_on_answers`): read it before checking.
@@ -599,8 +641,29 @@ impl Control {
     /// tickets, committed records, a resync): wakes the callers, in every process, if any
     /// waits. Costs a fence and a load when nobody does; the progress must be stored before.
     pub fn ring_answers(&self) {
+        self.ring_answers_at(crate::util::monotonic_ms);
+    }
+
+    /// `ring_answers` with the clock passed in (tests move it past deadlines). The clock is read
+    /// only when a slot is taken. A slot past its deadline was left by a caller killed while
+    /// waiting (a live caller frees its slot before its deadline): nobody sleeps on the bell for
+    /// it, so it rings nothing.
+    fn ring_answers_at(&self, now_ms: impl FnOnce() -> u64) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0 {
+        let mut now_ms = Some(now_ms);
+        let mut now = 0;
+        let someone_waits = self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0
+            || (0..SYNC_WAIT_SLOT_COUNT).any(|i| {
+                let v = self.word(SYNC_WAIT_SLOTS + 8 * i).load(Ordering::SeqCst);
+                if v == 0 {
+                    return false;
+                }
+                if let Some(read_clock) = now_ms.take() {
+                    now = read_clock();
+                }
+                v >> SLOT_TAG_BITS >= now
+            });
+        if someone_waits {
             bell::ring(self.word32(ANSWER_BELL));
         }
     }
@@ -747,16 +810,37 @@ pub fn pid_alive(pid: u64) -> bool {
 }
 
 /// A registered `spool_sync` caller (`Control::wait_for_answers`); deregisters on drop. A
-/// caller killed while registered leaves the count above zero: the consumer then rings after
-/// every step, one futex wake without sleepers each, which costs time but never correctness.
+/// caller killed while registered leaves its slot taken until its deadline (the end of its
+/// `spool_sync` timeout), and the consumer rings after each step until then: one futex wake
+/// without sleepers each, which costs time but never correctness. Only a caller that found every
+/// slot taken is counted without a deadline, and if killed keeps the rings going for good.
 pub struct SyncWaiter<'a> {
-    waiters: &'a AtomicU64,
+    /// The slot taken, or the count of callers without a slot.
+    word: &'a AtomicU64,
+    /// What this caller stored in its slot; 0: counted in `sync_waiters` instead.
+    slot_value: u64,
 }
 
 impl Drop for SyncWaiter<'_> {
     fn drop(&mut self) {
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        if self.slot_value == 0 {
+            self.word.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            // Only if it is still ours: a caller that overstayed its deadline may have lost the
+            // slot to a new one (the tag tells the two apart even with equal deadlines).
+            let _ =
+                self.word
+                    .compare_exchange(self.slot_value, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
+}
+
+/// A tag for a wait slot: differs between the callers of one process, and (by the pid) likely
+/// between processes.
+fn next_slot_tag() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (std::process::id().wrapping_mul(0x9E37).wrapping_add(n) & 0xFFFF) as u16
 }
 
 #[cfg(test)]
@@ -850,7 +934,7 @@ mod tests {
         assert_eq!(caller.answer_bell(), before, "rang with nobody waiting");
         let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
-            let waiting = caller.wait_for_answers();
+            let waiting = caller.wait_for_answers(Duration::from_secs(60));
             let seen = caller.answer_bell();
             tx.send(()).unwrap();
             let t = std::time::Instant::now();
@@ -871,6 +955,90 @@ mod tests {
         // The caller left: no more rings.
         consumer.ring_answers();
         assert_eq!(consumer.answer_bell(), bell);
+    }
+
+    /// A caller killed while registered (its guard never dropped) keeps the rings going only
+    /// until its deadline; a caller that returned, however long its timeout, stops them at once;
+    /// a caller registered later rings them again and takes the expired slot.
+    #[test]
+    fn a_killed_callers_registration_expires_with_its_deadline() {
+        let d = dir("answers-expire");
+        let consumer = Control::open(&d).unwrap();
+        let caller = Control::open(&d).unwrap();
+        let rings = |now: u64| {
+            let before = consumer.answer_bell();
+            consumer.ring_answers_at(|| now);
+            consumer.answer_bell() != before
+        };
+        let now = crate::util::monotonic_ms();
+        drop(caller.wait_for_answers(Duration::from_secs(3600)));
+        assert!(!rings(now), "a caller that returned keeps nothing ringing");
+
+        std::mem::forget(caller.wait_for_answers(Duration::from_secs(5)));
+        assert!(rings(now), "a caller waits: rung");
+        assert!(rings(now + 4_000), "before its deadline: rung");
+        assert!(
+            !rings(now + 6_000),
+            "past the deadline of the only caller, who is gone: not rung"
+        );
+
+        let later = caller.wait_for_answers(Duration::from_secs(60));
+        assert!(rings(now + 6_000), "a new caller: rung again");
+        drop(later);
+        assert!(!rings(now + 6_000), "and no more once it returned");
+
+        // A slot whose deadline has passed on the real clock is free for the next caller.
+        let taken = || {
+            (0..SYNC_WAIT_SLOT_COUNT)
+                .filter(|i| consumer.load(SYNC_WAIT_SLOTS + 8 * i) != 0)
+                .count()
+        };
+        let d2 = dir("answers-reuse");
+        let consumer2 = Control::open(&d2).unwrap();
+        let caller2 = Control::open(&d2).unwrap();
+        std::mem::forget(caller2.wait_for_answers(Duration::ZERO));
+        let slots_taken = || {
+            (0..SYNC_WAIT_SLOT_COUNT)
+                .filter(|i| consumer2.load(SYNC_WAIT_SLOTS + 8 * i) != 0)
+                .count()
+        };
+        assert_eq!(slots_taken(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let next = caller2.wait_for_answers(Duration::from_secs(60));
+        assert_eq!(slots_taken(), 1, "the new caller took the expired slot");
+        drop(next);
+        assert_eq!(slots_taken(), 0);
+        assert_eq!(
+            taken(),
+            1,
+            "the first spool still holds the killed caller's slot"
+        );
+    }
+
+    /// With every slot taken, further callers are counted, and ring like the others.
+    #[test]
+    fn callers_beyond_the_slots_are_counted() {
+        let d = dir("answers-overflow");
+        let consumer = Control::open(&d).unwrap();
+        let caller = Control::open(&d).unwrap();
+        let now = crate::util::monotonic_ms();
+        let slotted: Vec<_> = (0..SYNC_WAIT_SLOT_COUNT)
+            .map(|_| caller.wait_for_answers(Duration::from_secs(60)))
+            .collect();
+        let counted = caller.wait_for_answers(Duration::from_secs(60));
+        assert_eq!(consumer.load(SYNC_WAITERS), 1);
+        drop(slotted);
+        let before = consumer.answer_bell();
+        consumer.ring_answers_at(|| now + 120_000);
+        assert_eq!(
+            consumer.answer_bell(),
+            before + 1,
+            "the counted caller waits"
+        );
+        drop(counted);
+        assert_eq!(consumer.load(SYNC_WAITERS), 0);
+        consumer.ring_answers_at(|| now);
+        assert_eq!(consumer.answer_bell(), before + 1, "nobody waits");
     }
 
     #[test]

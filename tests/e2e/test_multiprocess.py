@@ -61,11 +61,27 @@ def test_second_process_sees_same_status_paths(procs, child_env, connections, tm
 
 #: Offset of the control file's `consumer_parked` word (src/spool/control.rs).
 CONSUMER_PARKED_OFFSET = 2056
+ANSWER_BELL_OFFSET = 2064  # u32
+SYNC_WAIT_SLOTS_OFFSET = 2080  # 16 words: deadline << 16 | tag, or 0 when free
+SYNC_WAIT_SLOTS = 16
+
+
+def control_word(spool_dir: Path, offset: int, size: int = 8) -> int:
+    raw = (spool_dir / "control").read_bytes()
+    return int.from_bytes(raw[offset : offset + size], "little")
+
+
+def sync_wait_deadlines_ms(spool_dir: Path) -> list[int]:
+    """Deadlines of the taken `spool_sync` wait slots, in ms on CLOCK_MONOTONIC (which
+    time.monotonic() reads too)."""
+    slots = (
+        control_word(spool_dir, SYNC_WAIT_SLOTS_OFFSET + 8 * i) for i in range(SYNC_WAIT_SLOTS)
+    )
+    return [v >> 16 for v in slots if v]
 
 
 def consumer_parked(spool_dir: Path) -> bool:
-    raw = (spool_dir / "control").read_bytes()
-    return int.from_bytes(raw[CONSUMER_PARKED_OFFSET : CONSUMER_PARKED_OFFSET + 8], "little") != 0
+    return control_word(spool_dir, CONSUMER_PARKED_OFFSET) != 0
 
 
 def marker_in_backup(backup: Path, marker: str) -> bool:
@@ -107,6 +123,45 @@ def test_another_process_wakes_the_parked_consumer(procs, fault_env, tmp_path, j
     assert st["consumer_here"] and st["state"] != "failing", st
     b.close()
     a.converged(db, backup, journal)
+    a.close()
+
+
+def test_a_killed_sync_callers_registration_expires_with_its_timeout(procs, fault_env, tmp_path):
+    """Fault build: B calls spool_sync(3000) while every apply fails (backup_eio), so it waits,
+    registered in the control file, and is killed there: its registration is never undone. Once
+    its timeout has passed, A's consumer must apply new commits without ringing the answer bell
+    (nobody can be asleep on it). Before registrations carried a deadline, the dead caller's count
+    made the consumer ring after every step for as long as the spool lived."""
+    faults = Path(fault_env["SPOOLVFS_FAULTS_FILE"])
+    db, backup, spool = tmp_path / "app.db", tmp_path / "app.db-backup", tmp_path / "app.db-spool"
+    uri = sh.spool_uri_params(db, backup=backup, spool=spool)
+    a = sh.DrivenChild(procs, fault_env, uri, tmp_path / "a.err", journal_mode="wal")
+    a.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    assert a.sync(60_000) == 1
+    assert sync_wait_deadlines_ms(spool) == [], "A's sync returned: its slot is free"
+    b = sh.DrivenChild(procs, fault_env, uri, tmp_path / "b.err", journal_mode="wal")
+    faults.write_text("backup_eio\n")
+    b.sql("INSERT INTO t(v) VALUES('from b')")
+    b.proc.stdin.write("SELECT spool_sync(3000)\n")  # no reply is read: B is killed waiting
+    b.proc.stdin.flush()
+    (until_ms,) = sh.wait_until(lambda: sync_wait_deadlines_ms(spool), what="B registered")
+    left_ms = until_ms - time.monotonic() * 1000
+    assert 0 < left_ms <= 3_100, f"B's deadline is {left_ms:.0f} ms away, not its timeout"
+    b.kill()
+    faults.write_text("")
+    assert sync_wait_deadlines_ms(spool) == [until_ms], "the killed caller keeps its slot"
+    time.sleep(max(0.0, until_ms / 1000 - time.monotonic()) + 0.05)
+    bell = control_word(spool, ANSWER_BELL_OFFSET, 4)
+    for i in range(5):
+        a.sql(f"INSERT INTO t(v) VALUES('after {i}')")
+        sh.wait_until(
+            lambda i=i: marker_in_backup(backup, f"after {i}"), what=f"commit {i} applied"
+        )
+    assert marker_in_backup(backup, "from b")
+    assert control_word(spool, ANSWER_BELL_OFFSET, 4) == bell, (
+        "the consumer rang the answer bell for a caller that died and whose timeout has passed"
+    )
+    a.converged(db, backup, "wal")
     a.close()
 
 
