@@ -41,6 +41,8 @@ class Config:
     small_txns_wal: int
     small_warmup: int
     instr_txns: int
+    profile_txns: int
+    profile_reps: int
     bulk_rows: int
     lag_rates: list
     lag_seconds: float
@@ -73,6 +75,8 @@ CONFIGS = {
         small_txns_wal=2000,
         small_warmup=50,
         instr_txns=200,
+        profile_txns=2000,
+        profile_reps=1,
         bulk_rows=20_000,
         lag_rates=[500, 2000],
         lag_seconds=1.0,
@@ -102,6 +106,8 @@ CONFIGS = {
         small_txns_wal=30000,
         small_warmup=300,
         instr_txns=5000,
+        profile_txns=100_000,
+        profile_reps=5,
         bulk_rows=200_000,
         lag_rates=[500, 2000],
         lag_seconds=10.0,
@@ -579,6 +585,115 @@ def write_txn_instructions(out):
         if line.rstrip().endswith("]") and ":write_txn " in line:
             return int(line.split()[0].replace(",", ""))
     raise RuntimeError(f"no write_txn in {main_thread}")
+
+
+# Where the writer thread's time goes, by part, from perf samples: what each part costs per
+# transaction, so that the difference spool - plain shows which parts capture makes slower.
+PROFILE_ARMS = ("unix", THREADED, "spool")
+PROFILE_PARTS = (
+    ("sqlite", "SQLite's own code"),
+    ("spoolvfs", "spoolvfs's code (forwarding, capture)"),
+    ("copy", "libc memcpy/memmove (spool: the page copy into the spool mapping)"),
+    ("libc", "the rest of libc (mutexes, system-call wrappers)"),
+    ("kernel_files", "kernel: file lookups (fdget/fput, atomic once the process has threads)"),
+    ("kernel", "kernel: the rest (SQLite's system calls, page faults, interrupts)"),
+    ("other", "anything else (the benchmark driver, the C shim, the vDSO clock)"),
+)
+
+
+def profile_part(dso, sym):
+    """The `PROFILE_PARTS` key of one sample of the writer thread."""
+    if "kernel" in dso:
+        files = ("fdget", "fput", "__fget", "__fput", "__fdget")
+        return "kernel_files" if sym.startswith(files) else "kernel"
+    if "libsqlite3" in dso:
+        return "sqlite"
+    if "libspoolvfs" in dso:
+        return "spoolvfs"
+    if "/libc." in dso or dso.startswith("libc."):
+        return "copy" if sym.startswith(("__memmove", "__memcpy", "memcpy", "memmove")) else "libc"
+    return "other"
+
+
+def perf_writer_parts(perf, data, txns):
+    """CPU microseconds per transaction of the writer (the process's main thread) by part."""
+    text = subprocess.run(
+        [perf, "script", "-i", str(data), "-F", "pid,tid,period,ip,sym,dso"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    ns = dict.fromkeys((k for k, _ in PROFILE_PARTS), 0)
+    for line in text.splitlines():
+        fields = line.split(None, 3)
+        if len(fields) < 4 or "/" not in fields[0]:
+            continue
+        pid, tid = fields[0].split("/")
+        if pid != tid or not fields[1].isdigit():
+            continue
+        # fields: "PID/TID", period (ns), IP, "SYMBOL (DSO)"; symbols may contain spaces.
+        sym, _, dso = fields[3].rpartition(" (")
+        ns[profile_part(dso.rstrip(")"), sym.strip())] += int(fields[1])
+    return {k: v / 1000 / txns for k, v in ns.items()}
+
+
+def bench_profile(b, cfg):
+    """Where the writer's CPU time goes (small WAL NORMAL transactions, the mode where capture is
+    the largest share of a commit): `perf record` (cpu-clock) of each arm, `profile_reps`
+    interleaved rounds, the main thread's samples split into `PROFILE_PARTS`. Per transaction,
+    warm-up and setup included. Sampling is statistical and the VM is noisy, so only the
+    medians over rounds are reported, and differences of less than a few percent of the total
+    mean little."""
+    perf = shutil.which("perf")
+    if not perf:
+        return {"skipped": "perf is not installed"}
+    probe = subprocess.run(
+        [perf, "record", "-q", "-e", "cpu-clock", "-o", os.devnull, "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return {"skipped": f"perf record does not work here: {probe.stderr.strip()[:200]}"}
+    raw = []
+    warm = cfg.small_warmup
+    for _ in range(cfg.profile_reps):
+        for vfs in PROFILE_ARMS:
+            d = b.fresh("profile")
+            data = d / "perf.data"
+            run_as, extra_env = ARM_RUN_AS.get(vfs, (vfs, {}))
+            args = ["writer", run_as, "wal", "normal", "small", cfg.profile_txns, warm, d / "db"]
+            out = subprocess.run(
+                [perf, "record", "-q", "-e", "cpu-clock", "-F", "4999", "-o", str(data), "--"]
+                + [b.exe, *map(str, args)],
+                env=dict(b.env, **extra_env),
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            ).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            parts = perf_writer_parts(perf, data, cfg.profile_txns + warm)
+            raw.append({"vfs": vfs, "txn_per_s": r["txn_per_s"], "us_per_txn": parts})
+            data.unlink()
+    med = {
+        vfs: {
+            k: median([r["us_per_txn"][k] for r in raw if r["vfs"] == vfs])
+            for k, _ in PROFILE_PARTS
+        }
+        for vfs in PROFILE_ARMS
+    }
+    for parts in med.values():
+        parts["total"] = sum(parts[k] for k, _ in PROFILE_PARTS)
+    return {
+        "journal": "wal",
+        "sync": "normal",
+        "txns": cfg.profile_txns,
+        "reps": cfg.profile_reps,
+        "parts": PROFILE_PARTS,
+        "raw": raw,
+        "median_us_per_txn": med,
+    }
 
 
 def summarize_consumer(writer):
@@ -1063,6 +1178,7 @@ def main():
     section(results, "corunner", bench_corunner, b, cfg)
     section(results, "writer", bench_writer, b, cfg)
     section(results, "instructions", bench_instructions, b, cfg)
+    section(results, "profile", bench_profile, b, cfg)
     results["consumer"] = summarize_consumer(results["writer"])
     section(results, "lag", bench_lag, b, cfg)
     section(results, "sporadic", bench_sporadic, b, cfg)
