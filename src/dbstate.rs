@@ -95,9 +95,10 @@ pub struct DbState {
     /// commit path. The active consumer of another process says the same in the control file
     /// (`consumer_parked`).
     pub(crate) parked: AtomicBool,
-    /// The source's stamp taken when a WAL of ours was deleted, under the EXCLUSIVE lock of the
-    /// last close (`consumer::cleanclose`).
-    pub wal_deleted_stamp: Mutex<Option<crate::filestamp::FileStamp>>,
+    /// The source's stamp taken when a WAL of ours was deleted (under the EXCLUSIVE lock of the
+    /// last close) or emptied (under the checkpointer's locks), with the last sealed sequence
+    /// number then (`consumer::cleanclose`).
+    pub wal_ended_stamp: Mutex<Option<(crate::filestamp::FileStamp, u64)>>,
     /// Bytes of page images captured by this process.
     pub bytes_captured: AtomicU64,
 }
@@ -132,7 +133,7 @@ impl DbState {
             }),
             consumer: Mutex::new(None),
             parked: AtomicBool::new(false),
-            wal_deleted_stamp: Mutex::new(None),
+            wal_ended_stamp: Mutex::new(None),
             bytes_captured: AtomicU64::new(0),
         })
     }

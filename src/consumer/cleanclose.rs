@@ -21,9 +21,14 @@
 //!     after the stamp the header must still hold the last applied record's counter (and not
 //!     be WAL format);
 //!   - WAL mode: commits need not touch the counter, so the stamp is taken while the last close
-//!     still holds the EXCLUSIVE lock, right after it deleted the WAL (`note_wal_deleted`). The
-//!     generation check before that deletion (`walend`) proved that the spool has every commit
-//!     of the WAL; no one can write under the lock; and at stop the stamp must still match.
+//!     still holds the EXCLUSIVE lock, right after it deleted the WAL (`note_wal_ended`), or
+//!     right after a persistent WAL was emptied (under a `journal_size_limit`, or by a TRUNCATE
+//!     checkpoint; under the checkpoint and write locks). The generation check before that
+//!     (`walend`) proved that the spool has every commit of the WAL; no one can write under the
+//!     lock; nothing may be sealed after the stamp; and at stop the stamp must still match;
+//!   - a persistent WAL kept with its frames (no size limit): it must hold exactly the applied
+//!     record's commits, and its own stamp, taken before that check and unchanged after it, is
+//!     recorded and must match at the next open, as the source's.
 //! - The backup's state is the one our last apply left (the consumer's fingerprint).
 //! - Stamps are settled (`filestamp::settled`): any later change, even in the same clock tick,
 //!   gives a different stamp. So at the next open, equal stamps mean unchanged files, and the
@@ -37,7 +42,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::dbstate::DbState;
 use crate::filestamp::{self, FileStamp, Settled};
-use crate::spool::control::Control;
+use crate::spool::control::{CleanClose, Control, PublishedRecord};
 use crate::spool::format::SourceMode;
 
 use super::SourceReader;
@@ -63,27 +68,33 @@ pub(super) fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
     Ok(!matches!(crate::wal::committed_after(&file, 0)?, Some((_, n)) if n > 0))
 }
 
-/// A WAL of ours was deleted (the last close, or leaving WAL mode) while this process holds the
-/// database's EXCLUSIVE lock: stamps the source now, before anyone else can write it.
-pub fn note_wal_deleted(state: &DbState) {
+/// A WAL of ours was deleted (the last close, or leaving WAL mode: this process holds the
+/// database's EXCLUSIVE lock) or emptied (the last close of a persistent WAL under a
+/// `journal_size_limit`, or a TRUNCATE checkpoint: this process holds the WAL's checkpoint and
+/// write locks) right after its generation check: stamps the source now, while nobody can write
+/// it. In both cases the checkpoint before it was complete, so the file holds every commit. The
+/// stamp is kept with the last sealed sequence number: a TRUNCATE checkpoint happens mid-life,
+/// and a stamp followed by more commits vouches for nothing (their WAL might vanish unseen).
+pub fn note_wal_ended(state: &DbState) {
     let stamp = match filestamp::settled(&state.cfg.db, SETTLE_MAX) {
-        Ok(Settled::Stamp(s)) => Some(s),
+        Ok(Settled::Stamp(s)) => Some((s, state.control.sealed().seq)),
         _ => None,
     };
-    *crate::dbstate::lock(&state.wal_deleted_stamp) = stamp;
+    *crate::dbstate::lock(&state.wal_ended_stamp) = stamp;
 }
 
-/// Why no record can be written, or the source's stamp to record.
-fn source_stamp(
+/// Why no record can be written, or the stamps of the source to record: the database file's and,
+/// when a persistent WAL holds the applied record's commits, the WAL's.
+fn source_stamps(
     state: &DbState,
     source: &mut dyn SourceReader,
-    applied_mode_kind: u64,
-    applied_token: u64,
-) -> Result<FileStamp, String> {
-    if !wal_holds_no_commit(&state.cfg).map_err(|e| e.to_string())? {
-        return Err("the WAL holds commits".into());
-    }
-    if applied_mode_kind >> 8 == SourceMode::Rollback as u64 {
+    applied: &PublishedRecord,
+) -> Result<(FileStamp, Option<FileStamp>), String> {
+    let wal_empty = wal_holds_no_commit(&state.cfg).map_err(|e| e.to_string())?;
+    if applied.mode_kind >> 8 == SourceMode::Rollback as u64 {
+        if !wal_empty {
+            return Err("the WAL holds commits".into());
+        }
         let Settled::Stamp(stamp) =
             filestamp::settled(&state.cfg.db, SETTLE_MAX).map_err(|e| e.to_string())?
         else {
@@ -92,19 +103,50 @@ fn source_stamp(
         let mut hdr = [0u8; crate::dbheader::HEADER_LEN];
         source.read_at(&mut hdr, 0).map_err(|e| e.to_string())?;
         let counter = crate::dbheader::change_counter(&hdr);
-        if crate::dbheader::is_wal_format(&hdr) || counter != Some(applied_token as u32) {
+        if crate::dbheader::is_wal_format(&hdr) || counter != Some(applied.token as u32) {
             return Err("the source's header is not the last applied one".into());
         }
-        Ok(stamp)
-    } else {
-        let Some(stamp) = *crate::dbstate::lock(&state.wal_deleted_stamp) else {
-            return Err("no stamp from the WAL's deletion".into());
+        Ok((stamp, None))
+    } else if wal_empty {
+        let Some((stamp, sealed_then)) = *crate::dbstate::lock(&state.wal_ended_stamp) else {
+            return Err("no stamp from the WAL's deletion or emptying".into());
         };
-        if filestamp::stamp(&state.cfg.db).map_err(|e| e.to_string())? != Some(stamp) {
-            return Err("the source changed after the WAL was deleted".into());
+        if sealed_then != applied.seq {
+            return Err("commits were sealed after the WAL was deleted or emptied".into());
         }
-        Ok(stamp)
+        if filestamp::stamp(&state.cfg.db).map_err(|e| e.to_string())? != Some(stamp) {
+            return Err("the source changed after the WAL was deleted or emptied".into());
+        }
+        Ok((stamp, None))
+    } else {
+        persistent_wal_stamps(&state.cfg, applied)
     }
+}
+
+/// A WAL that the last close kept (`SQLITE_FCNTL_PERSIST_WAL` without a `journal_size_limit`)
+/// and that holds commits: recordable when it holds exactly the applied record's (its
+/// generation, its committed frames), the crash-open check's argument: commits are appended and
+/// a restart changes the salts, so such a WAL proves that no commit was made without spoolvfs
+/// since. Both files are stamped (settled) *before* the WAL is checked, and the WAL's stamp is
+/// taken again after: so the recorded stamp is that of the WAL that was checked.
+fn persistent_wal_stamps(
+    cfg: &Config,
+    applied: &PublishedRecord,
+) -> Result<(FileStamp, Option<FileStamp>), String> {
+    let wal_path = cfg.db_file("-wal");
+    let settled = |path: &std::path::Path, what: &str| match filestamp::settled(path, SETTLE_MAX) {
+        Ok(Settled::Stamp(s)) => Ok(s),
+        Ok(_) => Err(format!("the {what} has no settled stamp")),
+        Err(e) => Err(format!("the {what}: {e}")),
+    };
+    let wal = settled(&wal_path, "WAL")?;
+    let db = settled(&cfg.db, "source")?;
+    super::crashopen::wal_holds_exactly(cfg, applied)
+        .map_err(|why| format!("the WAL holds commits that are not the applied ones: {why}"))?;
+    if filestamp::stamp(&wal_path).map_err(|e| e.to_string())? != Some(wal) {
+        return Err("the WAL changed while it was checked".into());
+    }
+    Ok((db, Some(wal)))
 }
 
 /// Called by the active consumer as it stops, caught up: records the clean close if it can vouch
@@ -129,7 +171,7 @@ pub fn record(
     else {
         return Err("the backup has no settled stamp".into());
     };
-    let db = source_stamp(state, source, applied.mode_kind, applied.token)?;
+    let (db, wal) = source_stamps(state, source, &applied)?;
     // Last: a process of ours that wrote before the stamps is registered and alive now.
     if c.others_alive(std::process::id() as u64) {
         return Err("another process uses the database".into());
@@ -137,18 +179,28 @@ pub fn record(
     if spool_at_rest(c) != at_rest {
         return Err("the spool moved on".into());
     }
-    c.set_clean_close(seq, lost, db, backup);
+    c.set_clean_close(&CleanClose {
+        seq,
+        lost_gen: lost,
+        db,
+        backup,
+        wal,
+    });
     Ok(())
 }
 
 /// At the first open: whether the clean-close record still describes the files, so that the
 /// backup is known to equal the source without a resync.
 pub fn vouches(control: &Control, cfg: &Config) -> bool {
-    let Some((seq, lost, db, backup)) = control.clean_close() else {
+    let Some(r) = control.clean_close() else {
         return false;
     };
-    spool_at_rest(control) == Some((seq, lost))
-        && matches!(filestamp::stamp(&cfg.db), Ok(Some(s)) if s == db)
-        && matches!(wal_holds_no_commit(cfg), Ok(true))
-        && matches!(filestamp::stamp(&cfg.backup), Ok(Some(s)) if s == backup)
+    let wal_as_recorded = match r.wal {
+        None => matches!(wal_holds_no_commit(cfg), Ok(true)),
+        Some(wal) => matches!(filestamp::stamp(&cfg.db_file("-wal")), Ok(Some(s)) if s == wal),
+    };
+    spool_at_rest(control) == Some((r.seq, r.lost_gen))
+        && matches!(filestamp::stamp(&cfg.db), Ok(Some(s)) if s == r.db)
+        && wal_as_recorded
+        && matches!(filestamp::stamp(&cfg.backup), Ok(Some(s)) if s == r.backup)
 }

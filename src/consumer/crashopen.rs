@@ -96,8 +96,8 @@ pub fn vouches(c: &Control, cfg: &Config, boot_then: u64, page1: &[u8]) -> Resul
     }
     // The last thing that happened was a clean close, whose stamps no longer match: the files
     // were changed after it, by whatever means, not left by a crash.
-    if let Some((seq, lost, ..)) = c.clean_close()
-        && super::cleanclose::spool_at_rest(c) == Some((seq, lost))
+    if let Some(r) = c.clean_close()
+        && super::cleanclose::spool_at_rest(c) == Some((r.seq, r.lost_gen))
     {
         return Err("the files changed after the last clean close".into());
     }
@@ -111,7 +111,7 @@ pub fn vouches(c: &Control, cfg: &Config, boot_then: u64, page1: &[u8]) -> Resul
             return Err("the last source state is unknown".into());
         }
         m if m == SourceMode::Rollback as u64 => rollback_source_unchanged(cfg, &state, page1)?,
-        _ => wal_source_unchanged(cfg, &state)?,
+        _ => wal_holds_exactly(cfg, &state)?,
     }
     if c.span_owner() == 0 {
         let applied = c.applied().seq;
@@ -159,7 +159,8 @@ fn journal_may_be_hot(cfg: &Config) -> std::io::Result<bool> {
     Ok(head[..n].iter().any(|&b| b != 0))
 }
 
-fn wal_source_unchanged(cfg: &Config, state: &PublishedRecord) -> Result<(), String> {
+/// The WAL is there, in `state`'s generation, with exactly its committed frames (at least one).
+pub(super) fn wal_holds_exactly(cfg: &Config, state: &PublishedRecord) -> Result<(), String> {
     let file = File::open(cfg.db_file("-wal")).map_err(|e| format!("the WAL: {e}"))?;
     match crate::wal::committed_after(&file, 0).map_err(|e| format!("reading the WAL: {e}"))? {
         Some((h, n)) if h.salts() == state.token && n == state.wal_frames && n > 0 => Ok(()),

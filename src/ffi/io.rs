@@ -597,6 +597,12 @@ unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_
                 c.on_wal_truncate(size.max(0) as u64);
                 Outcome::default()
             });
+            if size < crate::wal::WAL_HEADER_LEN as i64 {
+                // Emptied like a deletion (a persistent WAL's last close under a size limit, or
+                // a TRUNCATE checkpoint): the source holds every commit and, under the
+                // checkpointer's locks, nobody can write it now.
+                crate::consumer::cleanclose::note_wal_ended(state);
+            }
         } else if rc == SQLITE_OK && role == Role::Journal && size == 0 {
             // TRUNCATE mode (and PERSIST with journal_size_limit=0) finalize by truncation.
             capture(state, conn, false, |c| {

@@ -74,6 +74,10 @@
 //!                                                            or the count above is > 0; a slot
 //!                                                            past its deadline is free (its
 //!                                                            caller was killed while waiting)
+//! 2208 clean_wal[5]          last process to close           stamp of a persistent WAL that
+//!                                                            holds the record's commits (all
+//!                                                            zero: none; in the clean_lock
+//!                                                            seqlock with the record above)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -138,9 +142,9 @@ const ANSWER_BELL: usize = 2064;
 const SYNC_WAITERS: usize = 2072;
 const SYNC_WAIT_SLOTS: usize = 2080;
 const SYNC_WAIT_SLOT_COUNT: usize = 16;
-const _: () = assert!(
-    ERROR_TEXT + ERROR_MAX <= BELL && SYNC_WAIT_SLOTS + 8 * SYNC_WAIT_SLOT_COUNT <= SIZE as usize
-);
+const CLEAN_WAL: usize = SYNC_WAIT_SLOTS + 8 * SYNC_WAIT_SLOT_COUNT;
+const _: () =
+    assert!(ERROR_TEXT + ERROR_MAX <= BELL && CLEAN_WAL + 8 * filestamp::WORDS <= SIZE as usize);
 /// Bits of a wait slot below the deadline: a tag that tells callers with the same deadline apart.
 const SLOT_TAG_BITS: u32 = 16;
 /// Words of a `PublishedRecord` as stored (`store_record`).
@@ -373,43 +377,51 @@ impl Control {
         });
     }
 
-    /// Records a clean close (see `consumer::cleanclose`): with the record at `seq` sealed and
-    /// applied and every loss up to `lost_gen` repaired, the source and the backup were in the
-    /// states `db` and `backup`.
-    pub fn set_clean_close(&self, seq: u64, lost_gen: u64, db: FileStamp, backup: FileStamp) {
+    /// Records a clean close (see `consumer::cleanclose`).
+    pub fn set_clean_close(&self, r: &CleanClose) {
         self.seq_write(CLEAN_LOCK, || {
             // Plus one: a record may be taken at seq 0 (a resync's copy, nothing ever sealed),
             // and a zero word means "no record".
-            self.store(CLEAN_SEQ, seq + 1);
-            self.store(CLEAN_LOST, lost_gen);
-            for (i, (d, b)) in db.to_words().into_iter().zip(backup.to_words()).enumerate() {
+            self.store(CLEAN_SEQ, r.seq + 1);
+            self.store(CLEAN_LOST, r.lost_gen);
+            let wal = r.wal.map_or([0; filestamp::WORDS], FileStamp::to_words);
+            let stamps =
+                r.db.to_words()
+                    .into_iter()
+                    .zip(r.backup.to_words())
+                    .zip(wal);
+            for (i, ((d, b), w)) in stamps.enumerate() {
                 self.store(CLEAN_DB + 8 * i, d);
                 self.store(CLEAN_BACKUP + 8 * i, b);
+                self.store(CLEAN_WAL + 8 * i, w);
             }
         });
     }
 
-    /// The clean-close record: `(seq, lost_gen, db, backup)`, `None` if there is none.
-    pub fn clean_close(&self) -> Option<(u64, u64, FileStamp, FileStamp)> {
+    /// The clean-close record, `None` if there is none.
+    pub fn clean_close(&self) -> Option<CleanClose> {
         let words = |at: usize| {
             let mut w = [0u64; filestamp::WORDS];
             for (i, v) in w.iter_mut().enumerate() {
                 *v = self.load(at + 8 * i);
             }
-            FileStamp::from_words(w)
+            w
         };
         // Not `seq_read`: a recorder killed inside the write leaves the lock odd for good, and
         // that must read as "no record", not spin.
         let before = self.load(CLEAN_LOCK);
-        let r = (
-            self.load(CLEAN_SEQ),
-            self.load(CLEAN_LOST),
-            words(CLEAN_DB),
-            words(CLEAN_BACKUP),
-        );
+        let (seq_plus_one, lost_gen) = (self.load(CLEAN_SEQ), self.load(CLEAN_LOST));
+        let (db, backup, wal) = (words(CLEAN_DB), words(CLEAN_BACKUP), words(CLEAN_WAL));
         // `then`, not `then_some`: the stored word is seq + 1, and 0 (no record) has no seq.
-        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && r.0 != 0)
-            .then(|| (r.0 - 1, r.1, r.2, r.3))
+        (before.is_multiple_of(2) && self.load(CLEAN_LOCK) == before && seq_plus_one != 0).then(
+            || CleanClose {
+                seq: seq_plus_one - 1,
+                lost_gen,
+                db: FileStamp::from_words(db),
+                backup: FileStamp::from_words(backup),
+                wal: (wal != [0; filestamp::WORDS]).then(|| FileStamp::from_words(wal)),
+            },
+        )
     }
 
     /// The last sealed record (seq 0: none yet).
@@ -809,6 +821,18 @@ pub fn pid_alive(pid: u64) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// A clean-close record: with the record at `seq` sealed and applied and every loss up to
+/// `lost_gen` repaired, the source and the backup were in the states `db` and `backup`, and the
+/// WAL, if it was kept holding that record's commits (a persistent WAL), in the state `wal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanClose {
+    pub seq: u64,
+    pub lost_gen: u64,
+    pub db: FileStamp,
+    pub backup: FileStamp,
+    pub wal: Option<FileStamp>,
+}
+
 /// A registered `spool_sync` caller (`Control::wait_for_answers`); deregisters on drop. A
 /// caller killed while registered leaves its slot taken until its deadline (the end of its
 /// `spool_sync` timeout), and the consumer rings after each step until then: one futex wake
@@ -1096,11 +1120,21 @@ mod tests {
             mtime_ns: -(n as i64),
             ctime_ns: n as i64 * 1000,
         };
-        a.set_clean_close(7, 3, stamp(10), stamp(20));
-        assert_eq!(b.clean_close(), Some((7, 3, stamp(10), stamp(20))));
+        let record = |seq: u64, wal: Option<FileStamp>| CleanClose {
+            seq,
+            lost_gen: 3,
+            db: stamp(10),
+            backup: stamp(20),
+            wal,
+        };
+        a.set_clean_close(&record(7, None));
+        assert_eq!(b.clean_close(), Some(record(7, None)));
         // A record at seq 0 (a resync's copy, nothing sealed yet) is a record too.
-        a.set_clean_close(0, 1, stamp(10), stamp(20));
-        assert_eq!(b.clean_close(), Some((0, 1, stamp(10), stamp(20))));
+        a.set_clean_close(&record(0, Some(stamp(30))));
+        assert_eq!(b.clean_close(), Some(record(0, Some(stamp(30)))));
+        // A later record without a WAL stamp clears the earlier one's.
+        a.set_clean_close(&record(9, None));
+        assert_eq!(b.clean_close(), Some(record(9, None)));
         // A recorder killed inside the write leaves the lock odd: no record, and no spinning.
         a.word(CLEAN_LOCK).fetch_add(1, Ordering::AcqRel);
         assert_eq!(b.clean_close(), None);

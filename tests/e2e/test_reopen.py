@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,63 @@ def test_change_while_closed_is_found(connections, tmp_path, rng, repro, journal
         change_while_closed(db if target == "source" else backup, journal)
         after = db.stat().st_size if target == "source" else backup.stat().st_size
         assert after == size, f"setup: the plain UPDATE changed the file size [{ctx}]"
+
+
+def open_persistent_wal(connections, db, backup, size_limit):
+    """Open in WAL mode with SQLITE_FCNTL_PERSIST_WAL set: the last close keeps the WAL, emptied
+    (truncated to 0) under a `journal_size_limit`, else with its checkpointed frames."""
+    import ctypes
+
+    import apsw
+
+    con = connections(db, backup, journal_mode="wal")
+    flag = ctypes.c_int(1)
+    con.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(flag))
+    if size_limit is not None:
+        con.execute(f"PRAGMA journal_size_limit={size_limit}")
+    con.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB)")
+    return con
+
+
+@pytest.mark.parametrize("size_limit", [None, 0, 1_000_000])
+def test_a_persistent_wal_reopens_without_a_resync(connections, tmp_path, rng, repro, size_limit):
+    """Rounds of open (SQLITE_FCNTL_PERSIST_WAL), check, write, close: every open after the
+    first trusts the clean-close record (clean_open, the record's open_check, one resync in
+    all), whether the last close emptied the WAL (a size limit) or kept it holding the last
+    commits; then a change made while closed, with plain SQLite, is still found. Before, the
+    emptied WAL cost a resync at every open, and the kept one was trusted only through the
+    crash-open check, which a reboot defeats. The source is touched only through spool until the
+    plain change: a plain open would checkpoint and delete the WAL."""
+    db, backup = tmp_path / "app.db", tmp_path / "app.db-backup"
+    for round_ in range(4):
+        ctx = f"size limit {size_limit}, round {round_}; {repro}"
+        con = open_persistent_wal(connections, db, backup, size_limit)
+        st = sh.spool_status(con)
+        if round_ > 0:
+            assert st["clean_open"] and st["open_check"] == "clean close recorded", (
+                f"expected the clean-close record to be trusted: {st} [{ctx}]"
+            )
+        st = sh.assert_backup_converged(con, db, backup, ctx)  # empties the WAL (TRUNCATE)
+        assert st["resyncs"] == 1, f"expected only the first open's resync: {st} [{ctx}]"
+        for _ in range(20):
+            with con:
+                con.execute(
+                    "INSERT INTO t(k, v) VALUES(?, randomblob(?))",
+                    (rng.randint(0, 999), rng.randint(10, 3000)),
+                )
+        assert sh.spool_sync(con, 30000) == 1, f"expected spool_sync = 1 [{ctx}]"
+        con.close()
+        wal = Path(f"{db}-wal")
+        kept = wal.stat().st_size if wal.exists() else None
+        want_kept = size_limit is None
+        assert (kept not in (None, 0)) == want_kept, (
+            f"setup: the WAL after close is {kept} bytes [{ctx}]"
+        )
+    change_while_closed(db, "wal")
+    con = open_persistent_wal(connections, db, backup, size_limit)
+    st = sh.assert_sync_recovers(con, db, backup, "reopening after a plain change", repro)
+    assert not st["clean_open"] and st["resyncs"] >= 2, f"expected a resync: {st} [{repro}]"
+    assert sh.scalar(con, "SELECT count(*) FROM t WHERE k = -7") == 1
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])
