@@ -133,10 +133,14 @@ fn unaccounted(
                 },
             )
         }
-        _ if control.wal_verified() != sealed.token => Ok(Some(format!(
-            "the WAL generation of the last transaction ended without spoolvfs (a checkpoint \
+        _ if control.wal_verified() != sealed.token
+            && !copied_and_unchanged(control, wal, sealed) =>
+        {
+            Ok(Some(format!(
+                "the WAL generation of the last transaction ended without spoolvfs (a checkpoint \
              that restarted or truncated it?) before the WAL was {how}"
-        ))),
+            )))
+        }
         Some(h) => {
             let file = File::open(wal)?;
             Ok(match wal::committed_in_generation(&file, &h, 0)? {
@@ -149,6 +153,26 @@ fn unaccounted(
         }
         None => Ok(None),
     }
+}
+
+/// The state the backup accounts for is a resync's copy of a source whose WAL held no commit,
+/// and the database file is unchanged since before that copy (`Control::copy_stamp`): then no
+/// WAL generation came and went since, because checkpointing one writes the file; one still
+/// there shows its header, which the other branches check. Without this, the first writer of
+/// ours after such a resync (a reopen after a change made while closed, say) could not tell its
+/// empty WAL from one a checkpoint without spoolvfs emptied, and reported a loss: a second resync.
+fn copied_and_unchanged(control: &Control, wal: &Path, sealed: &SealedState) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Some((seq, stamp)) = control.copy_stamp() else {
+        return false;
+    };
+    let Some(db) = wal.as_os_str().as_bytes().strip_suffix(b"-wal") else {
+        return false;
+    };
+    let db = Path::new(std::ffi::OsStr::from_bytes(db));
+    seq == sealed.seq
+        && sealed.wal_frames == 0
+        && matches!(crate::filestamp::stamp(db), Ok(Some(now)) if now == stamp)
 }
 
 #[cfg(test)]
@@ -233,6 +257,51 @@ mod tests {
         std::fs::write(&path, &w).unwrap();
         let lost = check(&c, &path, header(&w), Ending::Truncate).expect("a loss");
         assert!(lost.contains("frames 3..4"), "{lost}");
+    }
+
+    /// A resync copied the source with no WAL (after our last generation ended, checked); the
+    /// next writer's restart finds no header. With the source as the copy found it, that is no
+    /// loss; once the database file changed (a foreign generation checkpointed into it), it is.
+    #[test]
+    fn an_empty_ending_after_a_copy_is_a_loss_only_if_the_source_changed() {
+        let (c, path) = setup("copied");
+        let db = path.with_file_name("db");
+        std::fs::write(&db, vec![1u8; 4096]).unwrap();
+        seal(&c, (7, 8), 4);
+        c.set_wal_verified((7 << 32) | 8);
+        let sealed = c.sealed();
+        c.publish_applied(SealedState {
+            token: 0,
+            wal_frames: 0,
+            ..sealed
+        });
+        std::fs::write(&path, b"").unwrap();
+        let lost = check(&c, &path, None, Ending::Restart).expect("no copy stamp: a loss");
+        assert!(lost.contains("ended without spoolvfs"), "{lost}");
+
+        c.set_wal_verified((7 << 32) | 8);
+        let stamp = match crate::filestamp::settled(&db, std::time::Duration::from_secs(1)) {
+            Ok(crate::filestamp::Settled::Stamp(s)) => s,
+            other => panic!("no settled stamp: {other:?}"),
+        };
+        c.set_copy_stamp(sealed.seq, Some(stamp));
+        assert_eq!(check(&c, &path, None, Ending::Restart), None);
+
+        c.set_wal_verified((7 << 32) | 8);
+        std::fs::write(&db, vec![2u8; 4096]).unwrap();
+        assert!(
+            check(&c, &path, None, Ending::Restart).is_some(),
+            "the source changed"
+        );
+        // A stamp of another applied state vouches for nothing either.
+        c.set_wal_verified((7 << 32) | 8);
+        std::fs::write(&db, vec![1u8; 4096]).unwrap();
+        let now = crate::filestamp::stamp(&db).unwrap().unwrap();
+        c.set_copy_stamp(sealed.seq + 1, Some(now));
+        assert!(
+            check(&c, &path, None, Ending::Restart).is_some(),
+            "another state's stamp"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::backup::apply;
 use crate::backup::writeset::{Source, WriteSet};
 use crate::dbheader;
 use crate::dbstate::lock;
+use crate::filestamp::{self, Settled};
 use crate::spool::control::AppliedState;
 use crate::spool::format::{RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
@@ -122,6 +123,12 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let started = Instant::now();
     // 1. P.
     let p = c.state.control.sealed();
+    // Before any read of the source: if the copy finds no WAL commit, a later writer of ours
+    // that starts a WAL can tell from this stamp that no generation came and went since (`walend`).
+    let stamp_before = match filestamp::settled(&cfg.db, Duration::from_millis(50)) {
+        Ok(Settled::Stamp(s)) => Some(s),
+        _ => None,
+    };
     let replay_from = if p.seq == 0 {
         SealedPos::default()
     } else {
@@ -360,6 +367,13 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             wal_frames,
         },
     };
+    let copy_stamp = if last_record.is_none() && overlaid.is_none() && source_is_wal {
+        // The file as the copy found it, unchanged from before the first read to after the last.
+        stamp_before.filter(|&s| matches!(filestamp::stamp(&cfg.db), Ok(Some(now)) if now == s))
+    } else {
+        None
+    };
+    c.state.control.set_copy_stamp(applied.seq, copy_stamp);
     // Committed by `apply_sized` above.
     c.publish_committed(applied);
     c.state.control.finish_resync(gen_);

@@ -78,6 +78,11 @@
 //!                                                            holds the record's commits (all
 //!                                                            zero: none; in the clean_lock
 //!                                                            seqlock with the record above)
+//! 2248 copy_stamp[5]         active consumer                 the source's stamp before a resync
+//!                                                            copied it with no WAL commit
+//! 2288 copy_seq              "                               that resync's applied seq + 1 (0:
+//!                                                            none; written before the applied
+//!                                                            state is published)
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -143,8 +148,9 @@ const SYNC_WAITERS: usize = 2072;
 const SYNC_WAIT_SLOTS: usize = 2080;
 const SYNC_WAIT_SLOT_COUNT: usize = 16;
 const CLEAN_WAL: usize = SYNC_WAIT_SLOTS + 8 * SYNC_WAIT_SLOT_COUNT;
-const _: () =
-    assert!(ERROR_TEXT + ERROR_MAX <= BELL && CLEAN_WAL + 8 * filestamp::WORDS <= SIZE as usize);
+const COPY_STAMP: usize = CLEAN_WAL + 8 * filestamp::WORDS;
+const COPY_SEQ: usize = COPY_STAMP + 8 * filestamp::WORDS;
+const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && COPY_SEQ + 8 <= SIZE as usize);
 /// Bits of a wait slot below the deadline: a tag that tells callers with the same deadline apart.
 const SLOT_TAG_BITS: u32 = 16;
 /// Words of a `PublishedRecord` as stored (`store_record`).
@@ -422,6 +428,32 @@ impl Control {
                 wal: (wal != [0; filestamp::WORDS]).then(|| FileStamp::from_words(wal)),
             },
         )
+    }
+
+    /// A resync is about to publish the applied state `seq`, a copy of a WAL-mode source whose
+    /// WAL held no commit, taken while the source's stamp stayed `stamp` (see `walend`); `None`
+    /// for any other resync. Stored before that state is published, so whoever sees the state
+    /// sees its stamp (a reader racing a later resync reads a mix that matches no file: a loss
+    /// reported, never one missed).
+    pub fn set_copy_stamp(&self, seq: u64, stamp: Option<FileStamp>) {
+        self.store(COPY_SEQ, 0);
+        if let Some(stamp) = stamp {
+            for (i, w) in stamp.to_words().into_iter().enumerate() {
+                self.store(COPY_STAMP + 8 * i, w);
+            }
+            self.store(COPY_SEQ, seq + 1);
+        }
+    }
+
+    /// The last `set_copy_stamp`: `(seq, stamp)`.
+    pub fn copy_stamp(&self) -> Option<(u64, FileStamp)> {
+        let seq_plus_one = self.load(COPY_SEQ);
+        let mut w = [0u64; filestamp::WORDS];
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = self.load(COPY_STAMP + 8 * i);
+        }
+        (seq_plus_one != 0 && self.load(COPY_SEQ) == seq_plus_one)
+            .then(|| (seq_plus_one - 1, FileStamp::from_words(w)))
     }
 
     /// The last sealed record (seq 0: none yet).
