@@ -31,7 +31,7 @@ MODES = [("delete", "full"), ("delete", "normal"), ("wal", "full"), ("wal", "nor
 
 @dataclass
 class Config:
-    """Sizes of one run. `quick` is a CI smoke run (~1-2 min), `full` the real one (~20-30 min)."""
+    """Sizes of one run. `quick` is a CI smoke run (~1-2 min), `full` the real one (~35-40 min)."""
 
     reps: int
     # Rounds for the arms that take about a second each (small WAL transactions, bulk loads):

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark suite of spoolvfs: what a live backup costs the application's writers, how fresh and
 # cheap the backup is, and how that compares with the other ways of backing up SQLite, measured
-# in one run on this machine (writer cost, backup lag and the highest rate it keeps up with,
-# consumer throughput and CPU, peak memory of a huge transaction, bringing a big backup up to
-# date vs the Online Backup API / VACUUM INTO / sqlite3_rsync, behaviour under continuous writes,
-# and the disk's own limits). Arms are interleaved and repeated; medians and ratios are reported,
-# targets are shown next to them and never asserted.
+# in one run on this machine (writer cost and where the writer's CPU time goes, backup lag and the
+# highest rate it keeps up with, consumer throughput and CPU, peak memory of a huge transaction,
+# bringing a big backup up to date vs the Online Backup API / VACUUM INTO / sqlite3_rsync,
+# behaviour under continuous writes, and the disk's own limits). Arms are interleaved and
+# repeated; medians and ratios are reported, targets are shown next to them and never asserted.
 #
 # Usage: scripts/bench.sh [--quick|--full]
-#   --full   (default) 1 GB databases and transactions, 5 repetitions: ~20-30 min, ~8 GB of disk
+#   --full   (default) 1 GB databases and transactions, 5-15 repetitions: ~35-40 min, ~8 GB of disk
 #   --quick  tiny sizes (10 MB), CI smoke run: ~1-2 min; its numbers are not representative
 # Writes bench/results.md, bench/results.json and bench/throughput_lag.png.
 #
