@@ -492,12 +492,21 @@ def pct(share):
     return None if share is None else share * 100
 
 
+def not_run(data, title):
+    """A section's text when it did not run: "" when absent, a one-line note when skipped (with
+    its reason); None when it ran."""
+    if not data:
+        return ""
+    if "skipped" in data:
+        return f"\n{title}: skipped ({data['skipped']}).\n"
+    return None
+
+
 def instructions(r):
     ins = r.get("instructions")
-    if not ins:
-        return ""
-    if "skipped" in ins:
-        return f"\nInstructions per transaction: skipped ({ins['skipped']}).\n"
+    note = not_run(ins, "Instructions per transaction")
+    if note is not None:
+        return note
     rows = [
         [
             x["journal"],
@@ -537,10 +546,9 @@ def instructions(r):
 
 def writer_profile(r):
     prof = r.get("profile")
-    if not prof:
-        return ""
-    if "skipped" in prof:
-        return f"\nWhere the writer's time goes: skipped ({prof['skipped']}).\n"
+    note = not_run(prof, "Where the writer's time goes")
+    if note is not None:
+        return note
     med = prof["median_us_per_txn"]
     plain, threaded, spool = med["unix"], med["passthru-thread"], med["spool"]
     rows = [

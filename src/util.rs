@@ -4,30 +4,26 @@
 /// directly: every commit stamps its record, and `SystemTime`'s checked subtraction and 128-bit
 /// conversion cost half as much again as the clock read itself (vDSO, no syscall).
 pub fn now_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 || ts.tv_sec < 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    read_clock(libc::CLOCK_REALTIME).map_or(0, |(s, ns)| s * 1_000_000 + ns / 1_000)
 }
 
 /// Milliseconds on the system-wide monotonic clock: the same in every process of the machine
 /// (counted from boot) and never set back, so processes can compare deadlines they publish in
 /// shared memory. 0 if the clock cannot be read.
 pub fn monotonic_ms() -> u64 {
+    read_clock(libc::CLOCK_MONOTONIC).map_or(0, |(s, ns)| s * 1_000 + ns / 1_000_000)
+}
+
+/// `clock` as (seconds, nanoseconds); `None` if it cannot be read or is before its epoch.
+#[inline]
+fn read_clock(clock: libc::clockid_t) -> Option<(u64, u64)> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 || ts.tv_sec < 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000 + ts.tv_nsec as u64 / 1_000_000
+    // SAFETY: `ts` is a valid, writable timespec; both clocks used here exist on Linux.
+    let ok = unsafe { libc::clock_gettime(clock, &mut ts) } == 0 && ts.tv_sec >= 0;
+    ok.then_some((ts.tv_sec as u64, ts.tv_nsec as u64))
 }
 
 /// Tests only: an empty directory `<tag>-<name>` under this test process's own root,
