@@ -99,6 +99,10 @@ pub struct DbState {
     /// last close) or emptied (under the checkpointer's locks), with the last sealed sequence
     /// number then (`consumer::cleanclose`).
     pub wal_ended_stamp: Mutex<Option<(crate::filestamp::FileStamp, u64)>>,
+    /// A connection asked whether its WAL persists (`SQLITE_FCNTL_PERSIST_WAL`, which SQLite asks
+    /// only in the last close, after its checkpoint): the WAL truncation that may follow is that
+    /// close's, where waiting for a settled stamp costs no writer anything.
+    pub wal_persist_asked: AtomicBool,
     /// Bytes of page images captured by this process.
     pub bytes_captured: AtomicU64,
 }
@@ -134,6 +138,7 @@ impl DbState {
             consumer: Mutex::new(None),
             parked: AtomicBool::new(false),
             wal_ended_stamp: Mutex::new(None),
+            wal_persist_asked: AtomicBool::new(false),
             bytes_captured: AtomicU64::new(0),
         })
     }

@@ -75,8 +75,12 @@ pub(super) fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
 /// it. In both cases the checkpoint before it was complete, so the file holds every commit. The
 /// stamp is kept with the last sealed sequence number: a TRUNCATE checkpoint happens mid-life,
 /// and a stamp followed by more commits vouches for nothing (their WAL might vanish unseen).
-pub fn note_wal_ended(state: &DbState) {
-    let stamp = match filestamp::settled(&state.cfg.db, SETTLE_MAX) {
+/// `may_wait`: the stamp may wait for the clock to pass the file's ctime (at a close); if not,
+/// a file changed in the current clock tick gets no stamp (a TRUNCATE checkpoint, whose locks
+/// hold writers: usually superseded by the close's own stamp anyway).
+pub fn note_wal_ended(state: &DbState, may_wait: bool) {
+    let wait = if may_wait { SETTLE_MAX } else { Duration::ZERO };
+    let stamp = match filestamp::settled(&state.cfg.db, wait) {
         Ok(Settled::Stamp(s)) => Some((s, state.control.sealed().seq)),
         _ => None,
     };

@@ -24,11 +24,11 @@ use std::sync::Arc;
 
 use libsqlite3_sys::{
     SQLITE_CANTOPEN, SQLITE_FCNTL_CKPT_DONE, SQLITE_FCNTL_CKPT_START, SQLITE_FCNTL_COMMIT_PHASETWO,
-    SQLITE_FCNTL_VFSNAME, SQLITE_IOERR, SQLITE_IOERR_CLOSE, SQLITE_IOERR_FSTAT, SQLITE_IOERR_FSYNC,
-    SQLITE_IOERR_LOCK, SQLITE_IOERR_READ, SQLITE_IOERR_SHMLOCK, SQLITE_IOERR_SHMMAP,
-    SQLITE_IOERR_TRUNCATE, SQLITE_IOERR_UNLOCK, SQLITE_IOERR_WRITE, SQLITE_NOTFOUND, SQLITE_OK,
-    SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_UNLOCK, sqlite3_file, sqlite3_int64, sqlite3_io_methods,
-    sqlite3_vfs,
+    SQLITE_FCNTL_PERSIST_WAL, SQLITE_FCNTL_VFSNAME, SQLITE_IOERR, SQLITE_IOERR_CLOSE,
+    SQLITE_IOERR_FSTAT, SQLITE_IOERR_FSYNC, SQLITE_IOERR_LOCK, SQLITE_IOERR_READ,
+    SQLITE_IOERR_SHMLOCK, SQLITE_IOERR_SHMMAP, SQLITE_IOERR_TRUNCATE, SQLITE_IOERR_UNLOCK,
+    SQLITE_IOERR_WRITE, SQLITE_NOTFOUND, SQLITE_OK, SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_UNLOCK,
+    sqlite3_file, sqlite3_int64, sqlite3_io_methods, sqlite3_vfs,
 };
 
 use super::{api, c_str, guard, guard_or_else, sqlite_string};
@@ -600,8 +600,13 @@ unsafe extern "C" fn x_truncate(f: *mut sqlite3_file, size: sqlite3_int64) -> c_
             if size < crate::wal::WAL_HEADER_LEN as i64 {
                 // Emptied like a deletion (a persistent WAL's last close under a size limit, or
                 // a TRUNCATE checkpoint): the source holds every commit and, under the
-                // checkpointer's locks, nobody can write it now.
-                crate::consumer::cleanclose::note_wal_ended(state);
+                // checkpointer's locks, nobody can write it now. Only the last close (which
+                // asked whether the WAL persists) may wait for a settled stamp: a TRUNCATE
+                // checkpoint holds the WAL write lock, and other writers would wait with it.
+                let at_close = state
+                    .wal_persist_asked
+                    .swap(false, std::sync::atomic::Ordering::Relaxed);
+                crate::consumer::cleanclose::note_wal_ended(state, at_close);
             }
         } else if rc == SQLITE_OK && role == Role::Journal && size == 0 {
             // TRUNCATE mode (and PERSIST with journal_size_limit=0) finalize by truncation.
@@ -709,6 +714,16 @@ unsafe extern "C" fn x_file_control(f: *mut sqlite3_file, op: c_int, arg: *mut c
             let started = (op == SQLITE_FCNTL_CKPT_START) as u32;
             // SAFETY: opened wrapper; our own field, used only under this connection's mutex.
             unsafe { (*(f as *mut SpoolFile)).checkpointing = started };
+        }
+        if role == Role::MainDb
+            && op == SQLITE_FCNTL_PERSIST_WAL
+            && !arg.is_null()
+            // SAFETY: for PERSIST_WAL `arg` is an `int*`; a negative value asks.
+            && unsafe { *(arg as *const c_int) } < 0
+        {
+            state
+                .wal_persist_asked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let rc = call!(f, xFileControl, SQLITE_NOTFOUND, op, arg);
         match op {

@@ -147,7 +147,7 @@ unsafe extern "C" fn x_delete(
         };
         let rc = forward!(xDelete, SQLITE_ERROR, name, sync_dir);
         if let Some(state) = wal_of.filter(|_| rc == SQLITE_OK) {
-            crate::consumer::cleanclose::note_wal_ended(&state);
+            crate::consumer::cleanclose::note_wal_ended(&state, true);
         }
         rc
     })
