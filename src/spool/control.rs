@@ -64,8 +64,7 @@
 //!                                                            it made progress that a
 //!                                                            `spool_sync` caller waits for
 //! 2072 sync_waiters          any `spool_sync` caller         callers asleep on answer_bell that
-//!                                                            found no free slot below (and
-//!                                                            those of builds before the slots)
+//!                                                            found no free slot below
 //! 2080 sync_wait_slots[16]   any `spool_sync` caller         one per caller asleep on
 //!                                                            answer_bell: its deadline (ms,
 //!                                                            monotonic clock) << 16 | a tag, 0
@@ -83,6 +82,9 @@
 //! 2288 copy_seq              "                               that resync's applied seq + 1 (0:
 //!                                                            none; written before the applied
 //!                                                            state is published)
+//! 2296 sync_waiters_until    any `spool_sync` caller         latest deadline of a caller counted
+//!                                                            in sync_waiters (ms, monotonic):
+//!                                                            the count rings only until then
 //! ```
 //! Invariants: the sealed fields change only under the database's write lock (so one writer at a
 //! time) and are read through the seqlock; the applied fields change only in the process holding
@@ -150,7 +152,8 @@ const SYNC_WAIT_SLOT_COUNT: usize = 16;
 const CLEAN_WAL: usize = SYNC_WAIT_SLOTS + 8 * SYNC_WAIT_SLOT_COUNT;
 const COPY_STAMP: usize = CLEAN_WAL + 8 * filestamp::WORDS;
 const COPY_SEQ: usize = COPY_STAMP + 8 * filestamp::WORDS;
-const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && COPY_SEQ + 8 <= SIZE as usize);
+const SYNC_WAITERS_UNTIL: usize = COPY_SEQ + 8;
+const _: () = assert!(ERROR_TEXT + ERROR_MAX <= BELL && SYNC_WAITERS_UNTIL + 8 <= SIZE as usize);
 /// Bits of a wait slot below the deadline: a tag that tells callers with the same deadline apart.
 const SLOT_TAG_BITS: u32 = 16;
 /// Words of a `PublishedRecord` as stored (`store_record`).
@@ -661,7 +664,10 @@ impl Control {
                 };
             }
         }
-        // More callers wait than there are slots: counted, without a deadline.
+        // More callers wait than there are slots: counted, with the latest of their deadlines
+        // (first, as in a slot: whoever sees the count sees a deadline at least this one).
+        self.word(SYNC_WAITERS_UNTIL)
+            .fetch_max(until, Ordering::SeqCst);
         let waiters = self.word(SYNC_WAITERS);
         waiters.fetch_add(1, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -696,16 +702,18 @@ impl Control {
         std::sync::atomic::fence(Ordering::SeqCst);
         let mut now_ms = Some(now_ms);
         let mut now = 0;
-        let someone_waits = self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0
+        let mut ahead = |deadline: u64| {
+            if let Some(read_clock) = now_ms.take() {
+                now = read_clock();
+            }
+            deadline >= now
+        };
+        let counted = self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0
+            && ahead(self.word(SYNC_WAITERS_UNTIL).load(Ordering::SeqCst));
+        let someone_waits = counted
             || (0..SYNC_WAIT_SLOT_COUNT).any(|i| {
                 let v = self.word(SYNC_WAIT_SLOTS + 8 * i).load(Ordering::SeqCst);
-                if v == 0 {
-                    return false;
-                }
-                if let Some(read_clock) = now_ms.take() {
-                    now = read_clock();
-                }
-                v >> SLOT_TAG_BITS >= now
+                v != 0 && ahead(v >> SLOT_TAG_BITS)
             });
         if someone_waits {
             bell::ring(self.word32(ANSWER_BELL));
@@ -868,8 +876,9 @@ pub struct CleanClose {
 /// A registered `spool_sync` caller (`Control::wait_for_answers`); deregisters on drop. A
 /// caller killed while registered leaves its slot taken until its deadline (the end of its
 /// `spool_sync` timeout), and the consumer rings after each step until then: one futex wake
-/// without sleepers each, which costs time but never correctness. Only a caller that found every
-/// slot taken is counted without a deadline, and if killed keeps the rings going for good.
+/// without sleepers each, which costs time but never correctness. A caller that found every
+/// slot taken is counted, and the count rings until the latest deadline of such callers: if one
+/// is killed, the rings go on until the longest of their timeouts, not for good.
 pub struct SyncWaiter<'a> {
     /// The slot taken, or the count of callers without a slot.
     word: &'a AtomicU64,
@@ -1071,7 +1080,8 @@ mod tests {
         );
     }
 
-    /// With every slot taken, further callers are counted, and ring like the others.
+    /// With every slot taken, further callers are counted, and ring like the others, until the
+    /// latest deadline among them.
     #[test]
     fn callers_beyond_the_slots_are_counted() {
         let d = dir("answers-overflow");
@@ -1085,7 +1095,7 @@ mod tests {
         assert_eq!(consumer.load(SYNC_WAITERS), 1);
         drop(slotted);
         let before = consumer.answer_bell();
-        consumer.ring_answers_at(|| now + 120_000);
+        consumer.ring_answers_at(|| now);
         assert_eq!(
             consumer.answer_bell(),
             before + 1,
@@ -1095,6 +1105,17 @@ mod tests {
         assert_eq!(consumer.load(SYNC_WAITERS), 0);
         consumer.ring_answers_at(|| now);
         assert_eq!(consumer.answer_bell(), before + 1, "nobody waits");
+
+        // A counted caller killed while waiting: rung for until its deadline, not after.
+        let slotted: Vec<_> = (0..SYNC_WAIT_SLOT_COUNT)
+            .map(|_| caller.wait_for_answers(Duration::from_secs(60)))
+            .collect();
+        std::mem::forget(caller.wait_for_answers(Duration::from_secs(90)));
+        drop(slotted);
+        consumer.ring_answers_at(|| now + 80_000);
+        assert_eq!(consumer.answer_bell(), before + 2, "before its deadline");
+        consumer.ring_answers_at(|| now + 100_000);
+        assert_eq!(consumer.answer_bell(), before + 2, "past its deadline");
     }
 
     #[test]
