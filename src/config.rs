@@ -58,6 +58,13 @@ fn resolve(p: &Path) -> PathBuf {
     }
 }
 
+/// The database whose WAL is `wal` (its path without the `-wal` suffix), if it is named like one.
+pub fn db_of_wal(wal: &Path) -> Option<&Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let db = wal.as_os_str().as_bytes().strip_suffix(b"-wal")?;
+    Some(Path::new(std::ffi::OsStr::from_bytes(db)))
+}
+
 /// The form of a database path that `Config::db` holds: absolute, with symbolic links resolved.
 pub fn db_key(p: &Path) -> PathBuf {
     resolve(&absolute(p))

@@ -81,6 +81,11 @@ fn coarse_now_ns() -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// Whether `path` exists with exactly the stamp `then` (false if it cannot be read).
+pub fn is_unchanged(path: &Path, then: FileStamp) -> bool {
+    matches!(stamp(path), Ok(Some(now)) if now == then)
+}
+
 /// What `settled` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {

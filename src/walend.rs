@@ -162,17 +162,11 @@ fn unaccounted(
 /// ours after such a resync (a reopen after a change made while closed, say) could not tell its
 /// empty WAL from one a checkpoint without spoolvfs emptied, and reported a loss: a second resync.
 fn copied_and_unchanged(control: &Control, wal: &Path, sealed: &SealedState) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Some((seq, stamp)) = control.copy_stamp() else {
+    let (Some((seq, stamp)), Some(db)) = (control.copy_stamp(), crate::config::db_of_wal(wal))
+    else {
         return false;
     };
-    let Some(db) = wal.as_os_str().as_bytes().strip_suffix(b"-wal") else {
-        return false;
-    };
-    let db = Path::new(std::ffi::OsStr::from_bytes(db));
-    seq == sealed.seq
-        && sealed.wal_frames == 0
-        && matches!(crate::filestamp::stamp(db), Ok(Some(now)) if now == stamp)
+    seq == sealed.seq && sealed.wal_frames == 0 && crate::filestamp::is_unchanged(db, stamp)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use crate::spool::format::SourceMode;
 use super::SourceReader;
 
 /// Longest wait for the clock to pass a file's ctime (one tick is 1-10 ms).
-const SETTLE_MAX: Duration = Duration::from_millis(50);
+pub(super) const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 /// The spool at rest: every sealed record applied, every loss repaired, no transaction open.
 /// Then `(seq, lost_gen)`, what a record is taken at and must still be at when it is used.
@@ -201,10 +201,10 @@ pub fn vouches(control: &Control, cfg: &Config) -> bool {
     };
     let wal_as_recorded = match r.wal {
         None => matches!(wal_holds_no_commit(cfg), Ok(true)),
-        Some(wal) => matches!(filestamp::stamp(&cfg.db_file("-wal")), Ok(Some(s)) if s == wal),
+        Some(wal) => filestamp::is_unchanged(&cfg.db_file("-wal"), wal),
     };
     spool_at_rest(control) == Some((r.seq, r.lost_gen))
-        && matches!(filestamp::stamp(&cfg.db), Ok(Some(s)) if s == r.db)
+        && filestamp::is_unchanged(&cfg.db, r.db)
         && wal_as_recorded
-        && matches!(filestamp::stamp(&cfg.backup), Ok(Some(s)) if s == r.backup)
+        && filestamp::is_unchanged(&cfg.backup, r.backup)
 }

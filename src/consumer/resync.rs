@@ -125,7 +125,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let p = c.state.control.sealed();
     // Before any read of the source: if the copy finds no WAL commit, a later writer of ours
     // that starts a WAL can tell from this stamp that no generation came and went since (`walend`).
-    let stamp_before = match filestamp::settled(&cfg.db, Duration::from_millis(50)) {
+    let stamp_before = match filestamp::settled(&cfg.db, super::cleanclose::SETTLE_MAX) {
         Ok(Settled::Stamp(s)) => Some(s),
         _ => None,
     };
@@ -369,7 +369,7 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     };
     let copy_stamp = if last_record.is_none() && overlaid.is_none() && source_is_wal {
         // The file as the copy found it, unchanged from before the first read to after the last.
-        stamp_before.filter(|&s| matches!(filestamp::stamp(&cfg.db), Ok(Some(now)) if now == s))
+        stamp_before.filter(|&s| filestamp::is_unchanged(&cfg.db, s))
     } else {
         None
     };

@@ -159,10 +159,10 @@ unsafe extern "C" fn x_delete(
 /// journals, once per commit in DELETE mode) costs a suffix comparison.
 fn before_delete(name: &std::ffi::CStr) -> Option<std::sync::Arc<crate::dbstate::DbState>> {
     use std::os::unix::ffi::OsStrExt;
-    let db = name.to_bytes().strip_suffix(b"-wal")?;
-    let db = crate::config::db_key(Path::new(std::ffi::OsStr::from_bytes(db)));
+    let wal = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    let db = crate::config::db_key(crate::config::db_of_wal(wal)?);
     let state = crate::dbstate::registry::find(&db)?;
-    let on_disk = crate::wal::header_at(Path::new(std::ffi::OsStr::from_bytes(name.to_bytes())));
+    let on_disk = crate::wal::header_at(wal);
     io::check_wal_ending(&state, on_disk, crate::walend::Ending::Delete);
     Some(state)
 }

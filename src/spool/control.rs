@@ -347,6 +347,37 @@ impl Control {
         self.word(off).store(v, Ordering::Release)
     }
 
+    fn load_words<const N: usize>(&self, off: usize) -> [u64; N] {
+        std::array::from_fn(|i| self.load(off + 8 * i))
+    }
+
+    fn store_words<const N: usize>(&self, off: usize, words: [u64; N]) {
+        for (i, w) in words.into_iter().enumerate() {
+            self.store(off + 8 * i, w);
+        }
+    }
+
+    /// Stores `words` published with the sequence number they belong to: `seq_off` holds that
+    /// number plus one (0: none) and is cleared while the words change.
+    fn store_numbered<const N: usize>(
+        &self,
+        seq_off: usize,
+        off: usize,
+        v: Option<(u64, [u64; N])>,
+    ) {
+        self.store(seq_off, 0);
+        if let Some((seq, words)) = v {
+            self.store_words(off, words);
+            self.store(seq_off, seq + 1);
+        }
+    }
+
+    /// What `store_numbered` stored last, `None` if nothing is.
+    fn load_numbered<const N: usize>(&self, seq_off: usize, off: usize) -> Option<(u64, [u64; N])> {
+        let seq = self.load(seq_off).checked_sub(1)?;
+        Some((seq, self.load_words(off)))
+    }
+
     /// Hands out the next sequence number (caller holds the database's write lock).
     pub fn next_seq(&self) -> u64 {
         self.word(NEXT_SEQ).fetch_add(1, Ordering::AcqRel) + 1
@@ -393,29 +424,18 @@ impl Control {
             // and a zero word means "no record".
             self.store(CLEAN_SEQ, r.seq + 1);
             self.store(CLEAN_LOST, r.lost_gen);
-            let wal = r.wal.map_or([0; filestamp::WORDS], FileStamp::to_words);
-            let stamps =
-                r.db.to_words()
-                    .into_iter()
-                    .zip(r.backup.to_words())
-                    .zip(wal);
-            for (i, ((d, b), w)) in stamps.enumerate() {
-                self.store(CLEAN_DB + 8 * i, d);
-                self.store(CLEAN_BACKUP + 8 * i, b);
-                self.store(CLEAN_WAL + 8 * i, w);
-            }
+            self.store_words(CLEAN_DB, r.db.to_words());
+            self.store_words(CLEAN_BACKUP, r.backup.to_words());
+            self.store_words(
+                CLEAN_WAL,
+                r.wal.map_or([0; filestamp::WORDS], FileStamp::to_words),
+            );
         });
     }
 
     /// The clean-close record, `None` if there is none.
     pub fn clean_close(&self) -> Option<CleanClose> {
-        let words = |at: usize| {
-            let mut w = [0u64; filestamp::WORDS];
-            for (i, v) in w.iter_mut().enumerate() {
-                *v = self.load(at + 8 * i);
-            }
-            w
-        };
+        let words = |at: usize| self.load_words::<{ filestamp::WORDS }>(at);
         // Not `seq_read`: a recorder killed inside the write leaves the lock odd for good, and
         // that must read as "no record", not spin.
         let before = self.load(CLEAN_LOCK);
@@ -439,24 +459,13 @@ impl Control {
     /// sees its stamp (a reader racing a later resync reads a mix that matches no file: a loss
     /// reported, never one missed).
     pub fn set_copy_stamp(&self, seq: u64, stamp: Option<FileStamp>) {
-        self.store(COPY_SEQ, 0);
-        if let Some(stamp) = stamp {
-            for (i, w) in stamp.to_words().into_iter().enumerate() {
-                self.store(COPY_STAMP + 8 * i, w);
-            }
-            self.store(COPY_SEQ, seq + 1);
-        }
+        self.store_numbered(COPY_SEQ, COPY_STAMP, stamp.map(|s| (seq, s.to_words())));
     }
 
     /// The last `set_copy_stamp`: `(seq, stamp)`.
     pub fn copy_stamp(&self) -> Option<(u64, FileStamp)> {
-        let seq_plus_one = self.load(COPY_SEQ);
-        let mut w = [0u64; filestamp::WORDS];
-        for (i, v) in w.iter_mut().enumerate() {
-            *v = self.load(COPY_STAMP + 8 * i);
-        }
-        (seq_plus_one != 0 && self.load(COPY_SEQ) == seq_plus_one)
-            .then(|| (seq_plus_one - 1, FileStamp::from_words(w)))
+        let (seq, words) = self.load_numbered(COPY_SEQ, COPY_STAMP)?;
+        Some((seq, FileStamp::from_words(words)))
     }
 
     /// The last sealed record (seq 0: none yet).
@@ -536,9 +545,7 @@ impl Control {
     ) {
         self.store(SPAN_START_OWNER, 0);
         self.store_record(SPAN_START, start);
-        for (i, w) in backup.into_iter().enumerate() {
-            self.store(SPAN_START_BACKUP + 8 * i, w);
-        }
+        self.store_words(SPAN_START_BACKUP, backup);
         self.store(SPAN_START_OWNER, owner);
     }
 
@@ -548,8 +555,10 @@ impl Control {
         if owner == 0 || self.load(SPAN_START_OWNER) != owner {
             return None;
         }
-        let backup = std::array::from_fn(|i| self.load(SPAN_START_BACKUP + 8 * i));
-        Some((self.load_record(SPAN_START), backup))
+        Some((
+            self.load_record(SPAN_START),
+            self.load_words(SPAN_START_BACKUP),
+        ))
     }
 
     /// Seal time of the oldest record not yet applied (0 when caught up); approximate.
@@ -591,18 +600,11 @@ impl Control {
     /// The backup's fingerprint (opaque words) as the active consumer left it, with the applied
     /// sequence number it shows; `None` to say it is not known (an apply under way).
     pub fn set_backup_fp(&self, fp: Option<(u64, [u64; SPAN_BACKUP_WORDS])>) {
-        self.store(BACKUP_FP_SEQ, 0);
-        if let Some((seq, words)) = fp {
-            for (i, w) in words.into_iter().enumerate() {
-                self.store(BACKUP_FP + 8 * i, w);
-            }
-            self.store(BACKUP_FP_SEQ, seq + 1);
-        }
+        self.store_numbered(BACKUP_FP_SEQ, BACKUP_FP, fp);
     }
 
     pub fn backup_fp(&self) -> Option<(u64, [u64; SPAN_BACKUP_WORDS])> {
-        let seq = self.load(BACKUP_FP_SEQ).checked_sub(1)?;
-        Some((seq, std::array::from_fn(|i| self.load(BACKUP_FP + 8 * i))))
+        self.load_numbered(BACKUP_FP_SEQ, BACKUP_FP)
     }
 
     /// The doorbell's value, to sleep on later (`sleep_on_bell`): read it before looking for work.
@@ -695,26 +697,21 @@ impl Control {
     }
 
     /// `ring_answers` with the clock passed in (tests move it past deadlines). The clock is read
-    /// only when a slot is taken. A slot past its deadline was left by a caller killed while
+    /// only when a caller is registered. A slot past its deadline was left by a caller killed while
     /// waiting (a live caller frees its slot before its deadline): nobody sleeps on the bell for
     /// it, so it rings nothing.
     fn ring_answers_at(&self, now_ms: impl FnOnce() -> u64) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        let mut now_ms = Some(now_ms);
-        let mut now = 0;
-        let mut ahead = |deadline: u64| {
-            if let Some(read_clock) = now_ms.take() {
-                now = read_clock();
-            }
-            deadline >= now
-        };
-        let counted = self.word(SYNC_WAITERS).load(Ordering::SeqCst) != 0
-            && ahead(self.word(SYNC_WAITERS_UNTIL).load(Ordering::SeqCst));
-        let someone_waits = counted
-            || (0..SYNC_WAIT_SLOT_COUNT).any(|i| {
-                let v = self.word(SYNC_WAIT_SLOTS + 8 * i).load(Ordering::SeqCst);
-                v != 0 && ahead(v >> SLOT_TAG_BITS)
-            });
+        let load = |off: usize| self.word(off).load(Ordering::SeqCst);
+        let counted = load(SYNC_WAITERS) != 0;
+        let slots: [u64; SYNC_WAIT_SLOT_COUNT] =
+            std::array::from_fn(|i| load(SYNC_WAIT_SLOTS + 8 * i));
+        if !counted && slots.iter().all(|&v| v == 0) {
+            return;
+        }
+        let now = now_ms();
+        let someone_waits = (counted && load(SYNC_WAITERS_UNTIL) >= now)
+            || slots.iter().any(|&v| v != 0 && v >> SLOT_TAG_BITS >= now);
         if someone_waits {
             bell::ring(self.word32(ANSWER_BELL));
         }
@@ -1053,31 +1050,30 @@ mod tests {
         assert!(!rings(now + 6_000), "and no more once it returned");
 
         // A slot whose deadline has passed on the real clock is free for the next caller.
-        let taken = || {
-            (0..SYNC_WAIT_SLOT_COUNT)
-                .filter(|i| consumer.load(SYNC_WAIT_SLOTS + 8 * i) != 0)
-                .count()
-        };
         let d2 = dir("answers-reuse");
         let consumer2 = Control::open(&d2).unwrap();
         let caller2 = Control::open(&d2).unwrap();
         std::mem::forget(caller2.wait_for_answers(Duration::ZERO));
-        let slots_taken = || {
-            (0..SYNC_WAIT_SLOT_COUNT)
-                .filter(|i| consumer2.load(SYNC_WAIT_SLOTS + 8 * i) != 0)
-                .count()
-        };
-        assert_eq!(slots_taken(), 1);
+        assert_eq!(slots_taken(&consumer2), 1);
         std::thread::sleep(Duration::from_millis(20));
         let next = caller2.wait_for_answers(Duration::from_secs(60));
-        assert_eq!(slots_taken(), 1, "the new caller took the expired slot");
-        drop(next);
-        assert_eq!(slots_taken(), 0);
         assert_eq!(
-            taken(),
+            slots_taken(&consumer2),
+            1,
+            "the new caller took the expired slot"
+        );
+        drop(next);
+        assert_eq!(slots_taken(&consumer2), 0);
+        assert_eq!(
+            slots_taken(&consumer),
             1,
             "the first spool still holds the killed caller's slot"
         );
+    }
+
+    fn slots_taken(c: &Control) -> usize {
+        let slots: [u64; SYNC_WAIT_SLOT_COUNT] = c.load_words(SYNC_WAIT_SLOTS);
+        slots.iter().filter(|&&v| v != 0).count()
     }
 
     /// With every slot taken, further callers are counted, and ring like the others, until the
