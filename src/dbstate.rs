@@ -240,28 +240,45 @@ impl DbState {
             lock(&self.capture).seal_finished_rollback(Duration::ZERO, &mut crate::capture::Unread);
         self.publish(finished);
         let c = &self.control;
-        // Read before the ticket is taken: the consumer reads the request count before the sealed
-        // state, so the round that answers the ticket covers this target.
-        let target = c.sealed().seq;
-        let gen_ = c.lost_gen();
-        let ticket = c.request_sync();
-        // Registered before the first check: the consumer that answers, in whichever process,
-        // then rings the answer bell (a shared futex), so the answer wakes this thread at once.
-        let _waiting = c.wait_for_answers(timeout);
-        self.ring();
-        loop {
-            let seen = c.answer_bell();
-            if c.sync_served() >= ticket && c.committed_seq() >= target && c.resynced_gen() >= gen_
-            {
-                return true;
+        'request: loop {
+            let file = c.file_id();
+            // Read before the ticket is taken: the consumer reads the request count before the
+            // sealed state, so the round that answers the ticket covers this target.
+            let target = c.sealed().seq;
+            let gen_ = c.lost_gen();
+            let ticket = c.request_sync();
+            // Registered before the first check: the consumer that answers, in whichever
+            // process, then rings the answer bell (a shared futex), so the answer wakes this
+            // thread at once.
+            let _waiting = c.wait_for_answers(deadline.saturating_duration_since(Instant::now()));
+            self.ring();
+            loop {
+                let seen = c.answer_bell();
+                if c.file_id() != file {
+                    // The spool was recreated (deleted or replaced) since the request: the new
+                    // control file's counters start over, and the ticket means nothing there.
+                    // Ask again in it; the loss its adoption recorded makes the answer wait for
+                    // the resync, which covers everything committed before the call.
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    continue 'request;
+                }
+                if c.sync_served() >= ticket
+                    && c.committed_seq() >= target
+                    && c.resynced_gen() >= gen_
+                {
+                    return true;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return false;
+                }
+                // Bounded anyway: a consumer that dies between its progress and its ring must
+                // not leave the caller asleep until the deadline (its successor answers; we look
+                // again).
+                c.sleep_on_answers(seen, (deadline - now).min(answer_recheck()));
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            // Bounded anyway: a consumer that dies between its progress and its ring must not
-            // leave the caller asleep until the deadline (its successor answers; we look again).
-            c.sleep_on_answers(seen, (deadline - now).min(answer_recheck()));
         }
     }
 

@@ -279,6 +279,12 @@ impl Control {
         maps.push(m);
     }
 
+    /// Which control file is in use (its inode): it changes when this process follows a
+    /// recreated spool (`follow`, `relocate_if_gone`), whose counters start over.
+    pub fn file_id(&self) -> u64 {
+        self.ino.load(Ordering::Acquire)
+    }
+
     /// If the control file we use was marked moved (the spool was recreated), switches to the one
     /// at the path, registers this process there and records the loss (records sealed into the
     /// old stream are gone). Returns whether it switched.

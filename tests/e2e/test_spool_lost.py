@@ -83,6 +83,45 @@ def test_spool_directory_deleted_while_open(connections, tmp_path, rng, repro, j
     sh.assert_backup_converged(con, db, backup, ctx, allow_last_error=True)
 
 
+CONSUMER_PARKED_OFFSET = 2056
+
+
+def test_a_sync_asked_just_before_the_consumer_follows_a_deleted_spool(fault_env, procs, tmp_path):
+    """Fault build: the consumer is parked (it sleeps 120 s unless rung) when the spool directory
+    is deleted, so the first thing it learns of the deletion comes after `spool_sync` took its
+    ticket in the old control file and rang. The consumer then moves to a new control file, whose
+    counters start over: a ticket of the old one was never answered there, and the call waited
+    out its timeout (seen once in a loaded full e2e run). The caller must ask again in the new
+    file and get 1 once the resync is done. The bound times nothing: it tells an answer from the
+    20 s timeout."""
+    Path(fault_env["SPOOLVFS_FAULTS_FILE"]).write_text("parked_sleeps_long\n")
+    db, backup, spool = tmp_path / "app.db", tmp_path / "app.db-backup", tmp_path / "app.db-spool"
+    a = sh.DrivenChild(
+        procs, fault_env, sh.spool_uri_params(db, backup=backup, spool=spool), tmp_path / "a.err"
+    )
+    a.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(3):
+        a.sql(f"INSERT INTO t(v) VALUES('row {i}')")
+    assert a.sync(60_000) == 1
+
+    def parked() -> bool:
+        raw = (spool / "control").read_bytes()
+        return int.from_bytes(raw[CONSUMER_PARKED_OFFSET : CONSUMER_PARKED_OFFSET + 8], "little")
+
+    sh.wait_until(parked, what="the consumer parked")
+    remove_tree_in_use(spool)
+    started = time.monotonic()
+    got = a.sync(20_000)
+    took = time.monotonic() - started
+    assert got == 1, f"spool_sync after the deletion returned {got} after {took:.1f} s"
+    st = a.status()
+    assert "recreated" in (st["last_error"] or "") and st["resyncs"] >= 1, (
+        f"expected the recreated spool's resync: {st}"
+    )
+    a.converged(db, backup, "delete")
+    a.close()
+
+
 def killed_writer(procs, child_env, tmp_path, rng, journal):
     """A helper process commits a burst of large transactions and is SIGKILLed right after the
     last one returns (its backlog possibly unapplied). Returns (db, backup, spool)."""
