@@ -9,6 +9,7 @@ pub mod bell;
 pub mod control;
 pub mod format;
 pub mod reader;
+pub mod window;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

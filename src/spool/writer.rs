@@ -5,7 +5,7 @@
 //! file, with no syscall at all. The syscalls and page faults that keep this possible are taken
 //! off the commit path: the consumer thread of the same process grows the reservation and
 //! populates the window ahead of the write position (`maintenance`, `MADV_POPULATE_WRITE`) before
-//! the writer gets there. Reserving as the stream grows, not the whole segment at once, keeps
+//! the writer gets there; the window is 4-16 MiB, following the stream's rate (`window`). Reserving as the stream grows, not the whole segment at once, keeps
 //! the spool's disk footprint near what it holds (a few MiB for a quiet database, not 68). Data
 //! in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process;
 //! only `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
@@ -43,12 +43,14 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use memmap2::MmapRaw;
 
 use super::control::{Control, SealedState};
 use super::format::{self, CommitInfo, EntryKind, SEGMENT_HEADER_LEN};
 use super::segment_path;
+use super::window::Window;
 
 /// Room reserved past `rotate_at` so that transactions starting near the end of a segment still
 /// fit in the mapping.
@@ -57,11 +59,6 @@ const SEGMENT_SLACK: u64 = 4 << 20;
 const RELEASE_EVERY: u64 = 2 << 20;
 /// Written, unreleased bytes after which the writer releases them itself.
 const RELEASE_HARD_LIMIT: u64 = 16 << 20;
-/// How far ahead of the write position the mapping is kept populated.
-const PREFAULT_WINDOW: u64 = 4 << 20;
-/// How far ahead of the write position blocks are kept reserved (at least the prefault window:
-/// only reserved bytes may be touched).
-const RESERVE_AHEAD: u64 = 2 * PREFAULT_WINDOW;
 /// Reservations grow in steps of this much, so that a stream of small transactions costs one
 /// `fallocate` every few MiB.
 const RESERVE_STEP: u64 = 1 << 20;
@@ -132,6 +129,8 @@ struct OpenSegment {
     /// touched (`space`); `None` if no reservation could be made at all. Shared with the consumer
     /// thread only for its upkeep (`maintenance`).
     map: Option<Arc<MmapRaw>>,
+    /// How far ahead of the write position blocks are kept reserved (`window::Window`).
+    reserve_ahead: u64,
     /// Bytes of the mapping below this offset were released from our page tables.
     released: u64,
     /// Where the next byte will be written (the published tail when no transaction is open).
@@ -142,7 +141,7 @@ struct OpenSegment {
 
 impl OpenSegment {
     /// Opens segment `no` (creating it with its header when `create`), maps its first `capacity`
-    /// bytes and reserves them up to `RESERVE_AHEAD` past `start`, where writing will begin; no
+    /// bytes and reserves them up to `reserve_ahead` past `start`, where writing will begin; no
     /// mapping if even that reservation fails. An existing segment whose header is not segment
     /// `no` in this version's format (a spool left by another version) is an `InvalidData`
     /// error, found before anything is reserved or mapped.
@@ -152,6 +151,7 @@ impl OpenSegment {
         create: bool,
         capacity: u64,
         start: u64,
+        reserve_ahead: u64,
     ) -> io::Result<OpenSegment> {
         std::fs::create_dir_all(dir)?;
         let file = OpenOptions::new()
@@ -182,10 +182,11 @@ impl OpenSegment {
         });
         // Bytes before `start` were written (or reserved) by whoever wrote them; reserving from 0
         // also covers them for this process's view, at the cost of walking allocated extents.
-        let map = map.filter(|_| space.grow_to(start.saturating_add(RESERVE_AHEAD)));
+        let map = map.filter(|_| space.grow_to(start.saturating_add(reserve_ahead)));
         let mut seg = OpenSegment {
             no,
             space,
+            reserve_ahead,
             map: map.map(Arc::new),
             released: 0,
             write_pos: 0,
@@ -207,7 +208,7 @@ impl OpenSegment {
         if end <= reserved || reserved >= self.space.limit {
             return reserved;
         }
-        self.space.grow_to(end.saturating_add(RESERVE_AHEAD));
+        self.space.grow_to(end.saturating_add(self.reserve_ahead));
         self.space.reserved()
     }
 
@@ -407,6 +408,10 @@ pub struct SpoolWriter {
     rotate_at: u64,
     seg: Option<OpenSegment>,
     txn: Option<Txn>,
+    /// Bytes appended by this writer, for the upkeep's measure of the stream's rate.
+    appended: u64,
+    /// How far ahead the mapping is kept populated, following that rate.
+    window: Window,
 }
 
 impl SpoolWriter {
@@ -417,6 +422,8 @@ impl SpoolWriter {
             rotate_at,
             seg: None,
             txn: None,
+            appended: 0,
+            window: Window::default(),
         }
     }
 
@@ -426,26 +433,30 @@ impl SpoolWriter {
     }
 
     /// The mapping upkeep that the consumer thread does for the writer, outside the capture
-    /// lock: the reservation to grow ahead of the write position (once less than half of
-    /// `RESERVE_AHEAD` is left), the next part of the mapping to populate (if a good part of the
-    /// window is missing) and the written pages to release behind it.
+    /// lock: the reservation to grow ahead of the write position (once less than half of the
+    /// reservation ahead is left), the next part of the mapping to populate (if a good part of
+    /// the window is missing) and the written pages to release behind it. The window follows
+    /// the stream's rate, measured here (`window`).
     pub fn maintenance(&mut self) -> Maintenance {
+        self.window.measure(Instant::now(), self.appended);
+        let (window, reserve_ahead) = (self.window.size(), self.window.reserve_ahead());
         let Some(seg) = self.seg.as_mut() else {
             return Maintenance::default();
         };
+        seg.reserve_ahead = reserve_ahead;
         let release = seg.claim_release(seg.write_pos, RELEASE_EVERY);
         let Some(map) = seg.map.as_ref() else {
             return Maintenance::default();
         };
-        let reserve_end = (seg.write_pos + RESERVE_AHEAD).min(seg.space.limit);
-        let reserve = (seg.space.reserved() < seg.write_pos + RESERVE_AHEAD / 2
+        let reserve_end = (seg.write_pos + reserve_ahead).min(seg.space.limit);
+        let reserve = (seg.space.reserved() < seg.write_pos + reserve_ahead / 2
             && seg.space.reserved() < reserve_end)
             .then(|| (seg.space.clone(), reserve_end));
         let len = map.len() as u64;
         let page = page_size();
         let from = seg.populated_to.max(seg.write_pos) & !(page - 1);
-        let to = (seg.write_pos + PREFAULT_WINDOW).min(len);
-        let populate = if (to < from + PREFAULT_WINDOW / 4 && to < len) || to <= from {
+        let to = (seg.write_pos + window).min(len);
+        let populate = if (to < from + window / 4 && to < len) || to <= from {
             None
         } else {
             seg.populated_to = to;
@@ -484,7 +495,10 @@ impl SpoolWriter {
         let (segment, start) = if rotate {
             let next = tail.segment + 1;
             let start = SEGMENT_HEADER_LEN as u64;
-            self.seg = Some(OpenSegment::open(&self.dir, next, true, capacity, start)?);
+            let ahead = self.window.reserve_ahead();
+            self.seg = Some(OpenSegment::open(
+                &self.dir, next, true, capacity, start, ahead,
+            )?);
             (next, SEGMENT_HEADER_LEN as u64)
         } else {
             (tail.segment, tail.end)
@@ -510,7 +524,14 @@ impl SpoolWriter {
         if self.seg.as_ref().is_some_and(|s| s.no == no) {
             return Ok(true);
         }
-        match OpenSegment::open(&self.dir, no, false, capacity, end) {
+        match OpenSegment::open(
+            &self.dir,
+            no,
+            false,
+            capacity,
+            end,
+            self.window.reserve_ahead(),
+        ) {
             Ok(seg) => {
                 self.seg = Some(seg);
                 Ok(true)
@@ -529,6 +550,7 @@ impl SpoolWriter {
         seg.write_parts_at(txn.start + txn.len, parts, len)?;
         txn.len += len;
         seg.advance_to(txn.start + txn.len);
+        self.appended = self.appended.wrapping_add(len);
         Ok(())
     }
 
@@ -618,6 +640,8 @@ mod tests {
     use super::*;
 
     const ROTATE_AT: u64 = 64 << 20;
+    /// The reservation ahead of a stream whose window is the smallest (a quiet one's).
+    const MIN_RESERVE: u64 = 2 * crate::spool::window::MIN;
 
     fn commit(n_pages: u32) -> CommitInfo {
         CommitInfo {
@@ -685,7 +709,7 @@ mod tests {
         // A quiet database's spool: the reservation ahead of the tail, not the whole segment.
         let quiet = file_len(&d, 1);
         assert!(
-            quiet <= RESERVE_AHEAD + RESERVE_STEP,
+            quiet <= MIN_RESERVE + RESERVE_STEP,
             "{quiet} bytes for 20 small commits"
         );
         assert!(
@@ -695,7 +719,7 @@ mod tests {
 
         // The consumer's upkeep grows the reservation once the writer used half of it...
         let seg = w.seg.as_ref().unwrap();
-        let to_half = seg.space.reserved() - RESERVE_AHEAD / 2 - seg.write_pos;
+        let to_half = seg.space.reserved() - MIN_RESERVE / 2 - seg.write_pos;
         next = write_txns(&mut w, &c, next, 1, to_half / 4096 + 1);
         let seg = w.seg.as_ref().unwrap();
         let before = seg.space.reserved();
@@ -706,7 +730,7 @@ mod tests {
         w.maintenance().run();
         let seg = w.seg.as_ref().unwrap();
         assert!(seg.space.reserved() > before);
-        assert!(seg.space.reserved() >= seg.write_pos + RESERVE_AHEAD);
+        assert!(seg.space.reserved() >= seg.write_pos + MIN_RESERVE);
         assert_eq!(file_len(&d, 1), seg.space.reserved());
 
         // ...and a transaction that outruns it grows it on its own (20 MiB in one go).
@@ -731,7 +755,7 @@ mod tests {
         let next = write_txns(&mut b, &c, next, 3, 5);
         let seg = b.seg.as_ref().unwrap();
         assert!(seg.map.is_some());
-        assert!(seg.space.reserved() >= seg.write_pos + RESERVE_AHEAD / 2);
+        assert!(seg.space.reserved() >= seg.write_pos + MIN_RESERVE / 2);
         let next = write_txns(&mut a, &c, next, 2, 3);
         assert_pages_read_back(&d, &c, next);
     }
