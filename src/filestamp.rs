@@ -96,6 +96,16 @@ pub enum Settled {
     Unsettled,
 }
 
+impl Settled {
+    /// The stamp, if the file is there and settled.
+    pub fn stamp(self) -> Option<FileStamp> {
+        match self {
+            Settled::Stamp(s) => Some(s),
+            Settled::Absent | Settled::Unsettled => None,
+        }
+    }
+}
+
 /// A stamp of `path` that any later change of the file will not match (see the module doc):
 /// waits, in 1 ms steps and at most `max_wait`, until the coarse clock has passed its ctime.
 pub fn settled(path: &Path, max_wait: Duration) -> io::Result<Settled> {

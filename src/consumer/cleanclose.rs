@@ -80,10 +80,10 @@ pub(super) fn wal_holds_no_commit(cfg: &Config) -> std::io::Result<bool> {
 /// hold writers: usually superseded by the close's own stamp anyway).
 pub fn note_wal_ended(state: &DbState, may_wait: bool) {
     let wait = if may_wait { SETTLE_MAX } else { Duration::ZERO };
-    let stamp = match filestamp::settled(&state.cfg.db, wait) {
-        Ok(Settled::Stamp(s)) => Some((s, state.control.sealed().seq)),
-        _ => None,
-    };
+    let stamp = filestamp::settled(&state.cfg.db, wait)
+        .ok()
+        .and_then(Settled::stamp)
+        .map(|s| (s, state.control.sealed().seq));
     *crate::dbstate::lock(&state.wal_ended_stamp) = stamp;
 }
 
@@ -99,11 +99,7 @@ fn source_stamps(
         if !wal_empty {
             return Err("the WAL holds commits".into());
         }
-        let Settled::Stamp(stamp) =
-            filestamp::settled(&state.cfg.db, SETTLE_MAX).map_err(|e| e.to_string())?
-        else {
-            return Err("the source has no settled stamp".into());
-        };
+        let stamp = settled_stamp(&state.cfg.db, "source")?;
         let mut hdr = [0u8; crate::dbheader::HEADER_LEN];
         source.read_at(&mut hdr, 0).map_err(|e| e.to_string())?;
         let counter = crate::dbheader::change_counter(&hdr);
@@ -138,19 +134,23 @@ fn persistent_wal_stamps(
     applied: &PublishedRecord,
 ) -> Result<(FileStamp, Option<FileStamp>), String> {
     let wal_path = cfg.db_file("-wal");
-    let settled = |path: &std::path::Path, what: &str| match filestamp::settled(path, SETTLE_MAX) {
-        Ok(Settled::Stamp(s)) => Ok(s),
-        Ok(_) => Err(format!("the {what} has no settled stamp")),
-        Err(e) => Err(format!("the {what}: {e}")),
-    };
-    let wal = settled(&wal_path, "WAL")?;
-    let db = settled(&cfg.db, "source")?;
+    let wal = settled_stamp(&wal_path, "WAL")?;
+    let db = settled_stamp(&cfg.db, "source")?;
     super::crashopen::wal_holds_exactly(cfg, applied)
         .map_err(|why| format!("the WAL holds commits that are not the applied ones: {why}"))?;
     if filestamp::stamp(&wal_path).map_err(|e| e.to_string())? != Some(wal) {
         return Err("the WAL changed while it was checked".into());
     }
     Ok((db, Some(wal)))
+}
+
+/// The settled stamp of `path` (the file named `what` in the reason when there is none).
+fn settled_stamp(path: &std::path::Path, what: &str) -> Result<FileStamp, String> {
+    match filestamp::settled(path, SETTLE_MAX) {
+        Ok(Settled::Stamp(s)) => Ok(s),
+        Ok(_) => Err(format!("the {what} has no settled stamp")),
+        Err(e) => Err(format!("the {what}: {e}")),
+    }
 }
 
 /// Called by the active consumer as it stops, caught up: records the clean close if it can vouch
@@ -170,11 +170,7 @@ pub fn record(
     if !backup_fp_ok {
         return Err("the backup is not known to be as last applied".into());
     }
-    let Settled::Stamp(backup) =
-        filestamp::settled(&state.cfg.backup, SETTLE_MAX).map_err(|e| e.to_string())?
-    else {
-        return Err("the backup has no settled stamp".into());
-    };
+    let backup = settled_stamp(&state.cfg.backup, "backup")?;
     let (db, wal) = source_stamps(state, source, &applied)?;
     // Last: a process of ours that wrote before the stamps is registered and alive now.
     if c.others_alive(std::process::id() as u64) {

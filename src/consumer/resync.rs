@@ -125,10 +125,9 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     let p = c.state.control.sealed();
     // Before any read of the source: if the copy finds no WAL commit, a later writer of ours
     // that starts a WAL can tell from this stamp that no generation came and went since (`walend`).
-    let stamp_before = match filestamp::settled(&cfg.db, super::cleanclose::SETTLE_MAX) {
-        Ok(Settled::Stamp(s)) => Some(s),
-        _ => None,
-    };
+    let stamp_before = filestamp::settled(&cfg.db, super::cleanclose::SETTLE_MAX)
+        .ok()
+        .and_then(Settled::stamp);
     let replay_from = if p.seq == 0 {
         SealedPos::default()
     } else {

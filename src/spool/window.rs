@@ -8,13 +8,14 @@
 //! reserved extent, ~4 us a page); measured with a fixed 4 MiB window, an unpaced small-
 //! transaction writer (~170 MB/s of stream) faulted in ~2 % of the spool's pages on a quiet
 //! machine. A window of 8-16 MiB removed most of those faults and cut the writer's CPU per
-//! transaction by 2 to 6 points (docs/DESIGN.md, "Writer cost"). A fixed large window would cost every spool that much
-//! populated (resident) memory and twice that in reserved disk blocks, a quiet one included, so
-//! the window follows the stream's rate instead: enough for `COVERS` of writing, between `MIN`
-//! and `MAX`, shrinking back over `DECAY` once the stream slows down.
+//! transaction by 2 to 6 points (docs/DESIGN.md, "Writer cost"). A fixed large window would cost
+//! every spool that much populated (resident) memory and twice that in reserved disk blocks, a
+//! quiet one included, so the window follows the stream's rate instead: enough for `COVERS` of
+//! writing, between `MIN` and `MAX`, shrinking back over `DECAY` once the stream slows down.
 //!
-//! Invariants: the window in force is always within `[MIN, MAX]` and a multiple of `STEP`; it changes only
-//! when the upkeep measures (never on the commit path, which only counts appended bytes).
+//! Invariants: the window in force is always within `[MIN, MAX]` and a multiple of `STEP`; it
+//! changes only when the upkeep measures (never on the commit path, which only counts appended
+//! bytes).
 
 use std::time::{Duration, Instant};
 

@@ -5,10 +5,11 @@
 //! file, with no syscall at all. The syscalls and page faults that keep this possible are taken
 //! off the commit path: the consumer thread of the same process grows the reservation and
 //! populates the window ahead of the write position (`maintenance`, `MADV_POPULATE_WRITE`) before
-//! the writer gets there; the window is 4-16 MiB, following the stream's rate (`window`). Reserving as the stream grows, not the whole segment at once, keeps
-//! the spool's disk footprint near what it holds (a few MiB for a quiet database, not 68). Data
-//! in a shared file mapping lives in the OS page cache, so it survives kill -9 of the process;
-//! only `durable` mode (`spool_sync=full`) syncs it at each seal, for power loss.
+//! the writer gets there; the window is 4-16 MiB, following the stream's rate (`window`).
+//! Reserving as the stream grows, not the whole segment at once, keeps the spool's disk footprint
+//! near what it holds (a few MiB for a quiet database, not 68). Data in a shared file mapping
+//! lives in the OS page cache, so it survives kill -9 of the process; only `durable` mode
+//! (`spool_sync=full`) syncs it at each seal, for power loss.
 //!
 //! All processes append to one stream. That is safe without a lock of our own because every
 //! capture happens while the process holds the database's write lock (EXCLUSIVE for database
