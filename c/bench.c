@@ -22,7 +22,8 @@
 ** VFS is `unix`, `passthru` (c/passthru.c: a shim that only forwards, the floor of any VFS-based
 ** design) or `spool`; with `spool` the backup is DB.backup and the spool DB-spool (the default).
 ** RATE 0 means "as fast as one thread can commit"; RATE may be fractional (0.5: one every 2 s). BENCH_BACKUP_DIR=DIR puts spool's backup in DIR;
-** BENCH_IDLE_THREAD=1 makes the process multi-threaded with one idle thread (see idle_thread_main).
+** BENCH_IDLE_THREAD=1 (or =shared) makes the process multi-threaded with one idle thread (see
+** idle_thread_main).
 */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -30,6 +31,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sqlite3.h>
@@ -39,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -166,23 +169,30 @@ static void json_latency(const char *k, int64_t *v, long n) {
 
 /* BENCH_IDLE_THREAD=1 starts one thread that never runs (all signals blocked, parked in pause()).
 ** It does no work and touches no shared data; it only makes the process multi-threaded, as
-** spoolvfs's consumer thread does. glibc then leaves its single-thread fast paths (the mutexes of
-** SQLite and malloc take a locked instruction, pwrite and fcntl become cancellation points), a
-** cost any in-process design with a background thread pays before it does anything. */
+** spoolvfs's consumer thread does, and like that thread it first leaves the process's descriptor
+** table (unshare(CLONE_FILES), then closes the copies it starts with: src/fdtable.rs). glibc
+** still leaves its single-thread fast paths (the mutexes of SQLite and malloc take a locked
+** instruction, pwrite and fcntl become cancellation points): the floor of spoolvfs's design, a
+** background thread in the application's process. BENCH_IDLE_THREAD=shared keeps the thread on
+** the shared table, where the kernel also looks every descriptor up with an atomic reference
+** count (what a background thread cost before the consumer left the table). */
 static void *idle_thread_main(void *arg) {
-  (void)arg;
+  int own_table = arg != NULL;
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
+  if (own_table && unshare(CLONE_FILES) == 0) syscall(SYS_close_range, 3u, ~0u, 0u);
   for (;;) pause();
   return NULL;
 }
 
 static void start_idle_thread_if_asked(void) {
   const char *v = getenv("BENCH_IDLE_THREAD");
-  if (!v || strcmp(v, "1") != 0) return;
+  if (!v || (strcmp(v, "1") != 0 && strcmp(v, "shared") != 0)) return;
+  static int own_table;
   pthread_t t;
-  if (pthread_create(&t, NULL, idle_thread_main, NULL) != 0) die("starting the idle thread");
+  void *arg = strcmp(v, "1") == 0 ? &own_table : NULL;
+  if (pthread_create(&t, NULL, idle_thread_main, arg) != 0) die("starting the idle thread");
   pthread_detach(t);
 }
 

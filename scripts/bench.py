@@ -346,7 +346,8 @@ def bench_corunner(b, cfg):
 
 # The writer arms: plain SQLite, a C shim that only forwards every call to unix (c/passthru.c: the
 # floor of any design that observes SQLite through a VFS), the same shim in a process with one idle
-# thread (the floor of any in-process design with a background worker: glibc leaves its
+# thread that has left the process's descriptor table as spoolvfs's consumer does (the floor of
+# spoolvfs's design, a background worker in the application's process: glibc leaves its
 # single-thread fast paths once a second thread exists), spoolvfs, and spoolvfs with its backup on
 # another device. The last one separates what capture costs the writer (CPU) from what the
 # backup's own fsyncs cost it when they queue on the application's disk. This VM has one disk, so
@@ -595,7 +596,7 @@ PROFILE_PARTS = (
     ("spoolvfs", "spoolvfs's code (forwarding, capture)"),
     ("copy", "libc memcpy/memmove (spool: the page copy into the spool mapping)"),
     ("libc", "the rest of libc (mutexes, system-call wrappers)"),
-    ("kernel_files", "kernel: file lookups (fdget/fput, atomic once the process has threads)"),
+    ("kernel_files", "kernel: file lookups (fdget/fput; atomic while another thread shares the descriptor table)"),
     ("kernel", "kernel: the rest (SQLite's system calls, page faults, interrupts)"),
     ("other", "anything else (the benchmark driver, the C shim, the vDSO clock)"),
 )

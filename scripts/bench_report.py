@@ -99,7 +99,7 @@ def targets(r):
             + verdict_counts("throughput_ratio_ci", TARGETS["throughput_ratio"], True)
             + elsewhere("elsewhere_throughput_ratio", min)
             + also(
-                "a forwarding shim and one idle thread, no capture",
+                "a forwarding shim and one idle thread with its own descriptor table, no capture",
                 "threaded_throughput_ratio",
                 min,
             ),
@@ -334,9 +334,10 @@ def writer(r):
         "VFS that only forwards every call to unix, run in the same rounds: its ratios to plain "
         "show how far two arms that execute the same work drift apart on this machine (the noise "
         "floor of every ratio in the table). *shim + thread*: the same shim in a process that "
-        "also has one idle thread, as spoolvfs's consumer makes it: glibc then leaves its "
-        "single-thread fast paths (SQLite's and malloc's mutexes take a locked instruction), the "
-        "floor of any in-process design with a background thread. *backup elsewhere*: `spool` with the backup on "
+        "also has one idle thread which, like spoolvfs's consumer, has left the process's "
+        "descriptor table: glibc still leaves its single-thread fast paths (SQLite's and malloc's "
+        "mutexes take a locked instruction), the floor of spoolvfs's design, a background thread "
+        "in the application's process. *backup elsewhere*: `spool` with the backup on "
         "another device (a tmpfs stands in for it: this VM has one disk), run in the same "
         "rounds: what capture alone costs the writer, without the backup's fsyncs queueing on "
         "the application's disk.\n\n"
@@ -568,8 +569,8 @@ def writer_profile(r):
         f"cpu-clock; {prof['txns']:,} transactions per arm, median of {prof['reps']} interleaved "
         "rounds; us per transaction, setup included). Sampled on a shared VM: read differences "
         "of a few percent of the total as noise. The *spool - plain* column says which parts "
-        "capture makes slower, and the *shim + thread* column which of those any in-process "
-        "design with a background thread pays:\n\n"
+        "capture makes slower, and the *shim + thread* column which of those a background thread "
+        "in the process (with its own descriptor table, as spoolvfs's consumer) pays by itself:\n\n"
         + table(
             [
                 "part",

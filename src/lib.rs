@@ -16,6 +16,7 @@ pub mod dbheader;
 pub mod dbstate;
 pub mod entry;
 pub mod faults;
+pub mod fdtable;
 pub mod ffi;
 pub mod filestamp;
 pub mod spool;

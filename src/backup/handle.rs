@@ -11,10 +11,18 @@
 //! share its bookkeeping (and the host may even run two SQLite libraries). Found by an e2e test
 //! whose in-process reader failed to hold an apply back.
 //!
+//! Descriptors belong to a descriptor table (`fdtable`): the application's threads share the
+//! process's, a consumer thread has its own. The process's table keeps its descriptors in one
+//! registry for every thread of it; a consumer's table keeps its own in a registry of its thread,
+//! closed with it. (A close in a consumer's table could not drop the application's locks anyway,
+//! since POSIX locks belong to the table that took them; the registry still spares it reopening
+//! the backup for every fingerprint and apply.)
+//!
 //! Invariants:
 //! - Every open of a backup by the consumer goes through [`open`]; a descriptor is closed only
 //!   once its file has no name left (link count 0): nobody writes that inode any more, so the
 //!   host locks its close drops protect nothing.
+//! - A descriptor is handed out only to threads of the table that opened it.
 //! - Our own locks are OFD locks (`lock`), which belong to the shared open file description, so
 //!   sharing it changes nothing for them: one active consumer per database applies at a time.
 
@@ -33,13 +41,27 @@ struct Open {
     spares: Vec<File>,
 }
 
+/// The registry of the process's shared table.
 static OPEN: Mutex<Option<Open>> = Mutex::new(None);
 
+thread_local! {
+    /// The registry of a thread with a private table (a consumer's); its descriptors are closed
+    /// with the thread, in its table.
+    static OWN_TABLE_OPEN: std::cell::RefCell<Open> = std::cell::RefCell::new(Open::default());
+}
+
 /// The backup file now at `path`, opened for reading and writing; created (mode 0644) when
-/// `create` is set, else `Ok(None)` if there is none.
+/// `create` is set, else `Ok(None)` if there is none. The descriptor is valid in the calling
+/// thread's descriptor table.
 pub fn open(path: &Path, create: bool) -> io::Result<Option<Arc<File>>> {
+    if crate::fdtable::current() != crate::fdtable::SHARED {
+        return OWN_TABLE_OPEN.with(|open| open_in(&mut open.borrow_mut(), path, create));
+    }
     let mut guard = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
-    let open = guard.get_or_insert_with(Open::default);
+    open_in(guard.get_or_insert_with(Open::default), path, create)
+}
+
+fn open_in(open: &mut Open, path: &Path, create: bool) -> io::Result<Option<Arc<File>>> {
     match std::fs::metadata(path) {
         Ok(m) => {
             if let Some(f) = open.by_inode.get(&(m.dev(), m.ino())) {

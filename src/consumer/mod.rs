@@ -173,12 +173,13 @@ struct SyncRound {
 }
 
 /// Creates the state of a newly opened database and starts its consumer. `page1` and `size`
-/// describe the source file as found at open; `open_source` gives the consumer its reader.
+/// describe the source file as found at open; `open_source` opens the consumer's reader of it,
+/// on the consumer's thread (its descriptor table: `fdtable`), when it first needs it.
 pub fn start(
     cfg: Config,
     page1: &[u8],
     size: u64,
-    open_source: impl FnOnce() -> io::Result<Box<dyn SourceReader>>,
+    open_source: Box<dyn Fn() -> io::Result<Box<dyn SourceReader>> + Send>,
 ) -> Result<Arc<DbState>, String> {
     let control = Control::open(&cfg.spool)
         .map_err(|e| format!("cannot use spool directory {}: {e}", cfg.spool.display()))?;
@@ -222,7 +223,7 @@ pub fn start(
         p.clean_open = clean_open;
         p.open_check = open_check;
     }
-    let source = open_source().map_err(|e| format!("opening the source for the consumer: {e}"))?;
+    let source = Box::new(resync::LazySource::new(open_source));
     let mut consumer = Consumer {
         state: state.clone(),
         source,
@@ -263,6 +264,9 @@ pub fn shutdown(state: &Arc<DbState>) {
         let _ = h.join();
     }
     crate::ffi::logq::deliver_queued();
+    // Descriptors of the process's table the consumer dropped last (`fdtable`): closed here,
+    // not at some later transaction that may never come.
+    crate::fdtable::close_deferred();
     state.control.unregister_pid(std::process::id() as u64);
 }
 
@@ -297,8 +301,22 @@ impl Consumer {
     fn run(&mut self) {
         // The last close joins this thread: it must never wait in the application's log callback.
         crate::ffi::logq::mark_background();
+        // Before this thread opens anything: its own descriptor table (`fdtable`), which gives
+        // the application's threads back the kernel's single-owner descriptor lookups. Without
+        // it everything still works, only slower.
+        if let Err(e) = crate::fdtable::leave_shared() {
+            crate::ffi::log(
+                libsqlite3_sys::SQLITE_WARNING,
+                &format!(
+                    "spoolvfs: {}: the consumer thread shares the process's descriptor table \
+                     (unshare: {e}); the application's system calls cost more",
+                    self.state.cfg.db.display()
+                ),
+            );
+        }
         lower_priority();
         loop {
+            crate::fdtable::close_deferred();
             self.bell_seen = self.state.control.bell();
             let outcome = catch_unwind(AssertUnwindSafe(|| self.step()));
             let step = match outcome {
@@ -342,6 +360,7 @@ impl Consumer {
         }
         lock(&self.state.progress).phase = Phase::Stopped;
         self.state.control.ring_answers();
+        crate::fdtable::end_private_table();
     }
 
     /// Stopping as the active consumer: if this is a clean close (caught up, nobody else uses
@@ -442,10 +461,19 @@ impl Consumer {
     /// Seals this process's transaction that ended with a rollback but got no end event after its
     /// journal was finalized (exclusive locking mode: no unlock), so that the bytes its spill and
     /// playback left in free pages reach the backup without waiting for the next transaction.
+    ///
+    /// Only when this thread can seal without the writer's descriptors (`can_seal_here`: this
+    /// thread has a descriptor table of its own); otherwise the application's next write,
+    /// `spool_sync` or close seals it.
     fn seal_finished_rollback(&mut self) {
         let mut file = HeaderOnly(&mut self.source);
-        let out =
-            lock(&self.state.capture).seal_finished_rollback(Duration::from_millis(50), &mut file);
+        let out = {
+            let mut capture = lock(&self.state.capture);
+            if !capture.spool.can_seal_here() {
+                return;
+            }
+            capture.seal_finished_rollback(Duration::from_millis(50), &mut file)
+        };
         self.state.publish(out);
     }
 

@@ -49,6 +49,36 @@ pub trait SourceReader: Send {
     fn size(&mut self) -> io::Result<u64>;
 }
 
+/// The consumer's reader of the source, opened at its first use, on the consumer's own thread
+/// (so in its descriptor table: `fdtable`), and opened again after a failed open.
+pub struct LazySource {
+    open: Box<dyn Fn() -> io::Result<Box<dyn SourceReader>> + Send>,
+    reader: Option<Box<dyn SourceReader>>,
+}
+
+impl LazySource {
+    pub fn new(open: Box<dyn Fn() -> io::Result<Box<dyn SourceReader>> + Send>) -> LazySource {
+        LazySource { open, reader: None }
+    }
+
+    fn reader(&mut self) -> io::Result<&mut dyn SourceReader> {
+        if self.reader.is_none() {
+            self.reader = Some((self.open)()?);
+        }
+        Ok(self.reader.as_deref_mut().expect("opened just above"))
+    }
+}
+
+impl SourceReader for LazySource {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.reader()?.read_at(buf, offset)
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        self.reader()?.size()
+    }
+}
+
 const MAX_ATTEMPTS: u32 = 20;
 
 /// Runs a resync to completion (or error).

@@ -468,10 +468,14 @@ unsafe fn main_db_state(
             // SAFETY: as above.
             unsafe { fs(real_file, &mut size) };
         }
-        crate::consumer::start(cfg.clone(), &page1, size.max(0) as u64, || {
-            // SAFETY: `root` is the registered unix VFS.
-            unsafe { super::source::UnixSource::open(root, &cfg.db) }
-        })
+        // SAFETY: `root` is the registered unix VFS.
+        let opener = unsafe { super::source::SourceOpener::new(root, &cfg.db) };
+        crate::consumer::start(
+            cfg.clone(),
+            &page1,
+            size.max(0) as u64,
+            Box::new(move || opener.open()),
+        )
     })
 }
 

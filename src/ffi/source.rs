@@ -1,14 +1,25 @@
-//! Lock-free reads of the source database for the consumer (resync), through a private file
-//! object of the underlying unix VFS.
+//! Lock-free reads of the source database for the consumer (resync, header checks), opened by
+//! the consumer thread itself.
 //!
-//! Why not `std::fs::File`: POSIX advisory locks belong to the process, and closing *any* fd of a
-//! file drops all of them, including the locks SQLite's connections hold on the source. The unix
-//! VFS avoids that by sharing one inode record per file and deferring closes while locks are held;
-//! opening our reader through it inherits that protection. The reader never locks.
+//! The danger is the close: POSIX advisory locks belong to a descriptor table, and closing *any*
+//! descriptor of a file in it drops all of that table's locks on the file, including the locks
+//! SQLite's connections hold on the source. Two readers, chosen by the consumer's table
+//! (`fdtable`):
+//! - [`FileSource`], a plain descriptor, when the consumer has a table of its own: the
+//!   application's locks belong to the process's table, which that close does not touch;
+//! - [`UnixSource`], a private file object of the underlying unix VFS, when the consumer shares
+//!   the process's table (leaving it failed): the unix VFS shares one inode record per file and
+//!   defers closes while locks are held, and our reader inherits that protection. A unix VFS
+//!   descriptor must never be opened from a private table: the VFS hands descriptors whose close
+//!   it deferred to its next opener of the same file, in whatever table that opener uses.
+//!
+//! Neither reader ever locks.
 
 use std::ffi::{c_int, c_void};
+use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use libsqlite3_sys::{
     SQLITE_IOERR_SHORT_READ, SQLITE_OK, SQLITE_OPEN_MAIN_DB, SQLITE_OPEN_READONLY, sqlite3_file,
@@ -16,6 +27,68 @@ use libsqlite3_sys::{
 };
 
 use crate::consumer::SourceReader;
+
+/// Opens the consumer's reader of the source on the calling thread, by its table (module doc).
+pub struct SourceOpener {
+    root: UnixVfs,
+    path: PathBuf,
+}
+
+/// The registered unix VFS: a static object SQLite never frees, whose methods any thread may
+/// call.
+struct UnixVfs(*mut sqlite3_vfs);
+
+// SAFETY: see `UnixVfs`: the pointer is to a process-wide VFS object SQLite keeps registered and
+// whose xOpen is thread-safe.
+unsafe impl Send for UnixVfs {}
+
+impl SourceOpener {
+    /// # Safety
+    /// `root` must be null or the registered unix VFS.
+    pub unsafe fn new(root: *mut sqlite3_vfs, path: &Path) -> SourceOpener {
+        SourceOpener {
+            root: UnixVfs(root),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The reader for the calling thread's descriptor table.
+    pub fn open(&self) -> io::Result<Box<dyn SourceReader>> {
+        if crate::fdtable::current() != crate::fdtable::SHARED {
+            return Ok(Box::new(FileSource {
+                file: File::open(&self.path)?,
+            }));
+        }
+        // SAFETY: `root` is null or the registered unix VFS (`new`'s contract).
+        unsafe { UnixSource::open(self.root.0, &self.path) }
+    }
+}
+
+/// The source through a plain read-only descriptor (only in a private descriptor table).
+pub struct FileSource {
+    file: File,
+}
+
+impl SourceReader for FileSource {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Like the unix VFS: the part past the end of the file reads as zeros.
+        buf[done..].fill(0);
+        Ok(done)
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
 
 /// A read-only unix file on the source database.
 pub struct UnixSource {

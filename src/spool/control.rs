@@ -90,7 +90,7 @@
 //! time) and are read through the seqlock; the applied fields change only in the process holding
 //! the consumer lock. A zero-filled file is a valid initial state.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -199,10 +199,12 @@ pub type SealedState = PublishedRecord;
 /// The consumer's progress: the last record in the backup.
 pub type AppliedState = PublishedRecord;
 
-/// One mapping of a control file, kept for the life of the `Control` (see `Control`).
+/// One mapping of a control file, kept for the life of the `Control` (see `Control`). No
+/// descriptor is kept: the mapping holds the file, and a `Control` is shared by threads with
+/// different descriptor tables (`fdtable`), where a kept descriptor could be closed in the wrong
+/// one.
 struct Mapping {
     map: MmapMut,
-    _file: File,
 }
 
 /// The mapped control file of one spool directory.
@@ -253,7 +255,7 @@ fn map_control(path: &Path) -> io::Result<(Mapping, u64)> {
             ));
         }
     }
-    Ok((Mapping { map, _file: file }, meta.ino()))
+    Ok((Mapping { map }, meta.ino()))
 }
 
 impl Control {

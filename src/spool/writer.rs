@@ -52,6 +52,7 @@ use super::control::{Control, SealedState};
 use super::format::{self, CommitInfo, EntryKind, SEGMENT_HEADER_LEN};
 use super::segment_path;
 use super::window::Window;
+use crate::fdtable::HomeFile;
 
 /// Room reserved past `rotate_at` so that transactions starting near the end of a segment still
 /// fit in the mapping.
@@ -75,7 +76,12 @@ pub struct SealedPos {
 /// job, which grows it off the commit path; the writer grows it itself only when it got there
 /// first.
 struct Reservation {
-    file: File,
+    /// The segment file, in the descriptor table of the thread that opened it (`fdtable`).
+    file: HomeFile,
+    /// Where another table's thread (the consumer's upkeep) opens its own descriptor, and the
+    /// (device, inode) that descriptor must name: the path may have been replaced since.
+    path: PathBuf,
+    identity: (u64, u64),
     /// `[0, reserved)` has blocks: only this part of the mapping may be written or populated.
     reserved: AtomicU64,
     /// The mapping's length, which the reservation never exceeds (0: no mapping, nothing to
@@ -103,22 +109,49 @@ impl Reservation {
         if crate::faults::active("spool_reserve") {
             return false;
         }
-        // SAFETY: a valid fd; mode 0 allocates blocks for [have, end) and extends the file size
-        // to `end` if it was shorter. Two threads growing at once reserve overlapping ranges,
-        // which is harmless.
-        let ok = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                0,
-                have as libc::off_t,
-                (end - have) as libc::off_t,
-            ) == 0
-        };
+        let ok = self.with_descriptor(|fd| {
+            // SAFETY: `fd` is a valid descriptor of the segment file in the calling thread's
+            // table (`with_descriptor`); mode 0 allocates blocks for [have, end) and extends the
+            // file size to `end` if it was shorter. Two threads growing at once reserve
+            // overlapping ranges, which is harmless.
+            unsafe { libc::fallocate(fd, 0, have as libc::off_t, (end - have) as libc::off_t) == 0 }
+        });
         if ok {
             self.reserved.fetch_max(end, Ordering::Release);
         }
         ok
     }
+
+    /// Runs `f` with a descriptor of the segment file valid in the calling thread's table: the
+    /// writer's own on its home table; on another (the consumer's), that thread's own descriptor
+    /// of the same file, opened once per segment and kept in a thread-local so that it is
+    /// closed in its table. False if there is none (the file was deleted or replaced).
+    fn with_descriptor(&self, f: impl FnOnce(libc::c_int) -> bool) -> bool {
+        if let Ok(file) = self.file.get() {
+            return f(file.as_raw_fd());
+        }
+        OTHER_TABLE_SEGMENT.with(|own| {
+            let mut own = own.borrow_mut();
+            if own.as_ref().is_none_or(|(id, _)| *id != self.identity) {
+                *own = None;
+                let file = OpenOptions::new().write(true).open(&self.path).ok();
+                let named = file.and_then(|file| {
+                    use std::os::unix::fs::MetadataExt;
+                    let m = file.metadata().ok()?;
+                    ((m.dev(), m.ino()) == self.identity).then_some(file)
+                });
+                *own = named.map(|file| (self.identity, file));
+            }
+            own.as_ref().is_some_and(|(_, file)| f(file.as_raw_fd()))
+        })
+    }
+}
+
+thread_local! {
+    /// A consumer thread's own descriptor of the segment whose blocks its upkeep reserves (see
+    /// `Reservation::with_descriptor`).
+    static OTHER_TABLE_SEGMENT: std::cell::RefCell<Option<((u64, u64), File)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The segment this process appends to.
@@ -176,8 +209,15 @@ impl OpenSegment {
         let map = usize::try_from(capacity)
             .ok()
             .and_then(|len| memmap2::MmapOptions::new().len(len).map_raw(&file).ok());
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            let m = file.metadata()?;
+            (m.dev(), m.ino())
+        };
         let space = Arc::new(Reservation {
-            file,
+            file: HomeFile::new(file),
+            path: segment_path(dir, no),
+            identity,
             reserved: AtomicU64::new(0),
             limit: if map.is_some() { capacity } else { 0 },
         });
@@ -237,6 +277,7 @@ impl OpenSegment {
         if in_map < bytes.len() {
             self.space
                 .file
+                .get()?
                 .write_all_at(&bytes[in_map..], pos + in_map as u64)?;
         }
         Ok(())
@@ -309,7 +350,7 @@ impl OpenSegment {
         }
         // Also covers bytes written with pwrite, the conversion of reserved blocks and the
         // file size grown by the reservation.
-        self.space.file.sync_data()
+        self.space.file.get()?.sync_data()
     }
 }
 
@@ -483,6 +524,8 @@ impl SpoolWriter {
         if self.txn.is_some() {
             return Ok(());
         }
+        // Segment descriptors dropped by the consumer thread come back here to be closed.
+        crate::fdtable::close_deferred();
         if control.follow()? {
             // The spool directory was recreated: our segment is gone with the old stream.
             self.seg = None;
@@ -625,6 +668,25 @@ impl SpoolWriter {
         }
         control.publish_sealed(SealedState::of(seq, pos, info));
         Ok((seq, pos))
+    }
+
+    /// Whether the calling thread can seal the open transaction: the segment's descriptor is in
+    /// its table, or sealing needs no descriptor at all (the commit entry goes into the reserved
+    /// mapping and nothing is synced). The consumer thread, which has a table of its own
+    /// (`fdtable`), asks before it seals a finished rollback for an idle connection; when it
+    /// cannot, the application's next write, `spool_sync` or close seals it.
+    pub fn can_seal_here(&self) -> bool {
+        let (Some(seg), Some(txn)) = (self.seg.as_ref(), self.txn.as_ref()) else {
+            return false;
+        };
+        if seg.space.file.get().is_ok() {
+            return true;
+        }
+        let commit_len = (format::ENTRY_HEADER_LEN + format::COMMIT_PAYLOAD_LEN) as u64;
+        !self.durable
+            && seg.map.is_some()
+            && txn.start + txn.len + commit_len <= seg.space.reserved()
+            && !crate::faults::active("spool_enospc")
     }
 
     /// Drops the open transaction (a WAL rollback). Its bytes past the tail are garbage that the
