@@ -37,7 +37,7 @@
 //!   it). The writer releases by itself only when the consumer fell `RELEASE_HARD_LIMIT` behind
 //!   (it is busy applying a big batch), which bounds the resident set either way.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -123,35 +123,23 @@ impl Reservation {
     }
 
     /// Runs `f` with a descriptor of the segment file valid in the calling thread's table: the
-    /// writer's own on its home table; on another (the consumer's), that thread's own descriptor
-    /// of the same file, opened once per segment and kept in a thread-local so that it is
-    /// closed in its table. False if there is none (the file was deleted or replaced).
+    /// writer's own on its home table; on another (the consumer's), a descriptor of its own,
+    /// opened by path for the call (a grow every few MiB) and checked to name the same file. It
+    /// is not kept: a kept one would hold an applied, deleted segment and its page cache. False
+    /// if there is none (the file was deleted or replaced).
     fn with_descriptor(&self, f: impl FnOnce(libc::c_int) -> bool) -> bool {
         if let Ok(file) = self.file.get() {
             return f(file.as_raw_fd());
         }
-        OTHER_TABLE_SEGMENT.with(|own| {
-            let mut own = own.borrow_mut();
-            if own.as_ref().is_none_or(|(id, _)| *id != self.identity) {
-                *own = None;
-                let file = OpenOptions::new().write(true).open(&self.path).ok();
-                let named = file.and_then(|file| {
-                    use std::os::unix::fs::MetadataExt;
-                    let m = file.metadata().ok()?;
-                    ((m.dev(), m.ino()) == self.identity).then_some(file)
-                });
-                *own = named.map(|file| (self.identity, file));
-            }
-            own.as_ref().is_some_and(|(_, file)| f(file.as_raw_fd()))
-        })
+        let Ok(own) = OpenOptions::new().write(true).open(&self.path) else {
+            return false;
+        };
+        let same = own.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino()) == self.identity
+        });
+        same && f(own.as_raw_fd())
     }
-}
-
-thread_local! {
-    /// A consumer thread's own descriptor of the segment whose blocks its upkeep reserves (see
-    /// `Reservation::with_descriptor`).
-    static OTHER_TABLE_SEGMENT: std::cell::RefCell<Option<((u64, u64), File)>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 /// The segment this process appends to.

@@ -21,19 +21,25 @@ import spool_helpers as sh
 
 
 def consumer_tids() -> list[str]:
-    task = Path("/proc/self/task")
-    return [
-        t.name
-        for t in task.iterdir()
-        if (t / "comm").read_text().strip().startswith("spoolvfs-consum")
-    ]
+    """The live consumer threads of this process (a thread may end while we look)."""
+    tids = []
+    for t in Path("/proc/self/task").iterdir():
+        try:
+            if (t / "comm").read_text().strip().startswith("spoolvfs-consum"):
+                tids.append(t.name)
+        except OSError:
+            pass  # the thread ended meanwhile
+    return tids
 
 
 def table_of(tid: str) -> set[str]:
-    """What the descriptors of thread `tid`'s table name."""
-    fd_dir = Path(f"/proc/self/task/{tid}/fd")
+    """What the descriptors of thread `tid`'s table name (nothing once the thread ended)."""
     names = set()
-    for fd in fd_dir.iterdir():
+    try:
+        fds = list(Path(f"/proc/self/task/{tid}/fd").iterdir())
+    except OSError:
+        return names
+    for fd in fds:
         try:
             names.add(os.readlink(fd))
         except OSError:
