@@ -207,11 +207,6 @@ impl HomeFile {
         }
     }
 
-    /// The table the descriptor belongs to.
-    pub fn home(&self) -> TableId {
-        self.home
-    }
-
     /// The file, on a thread of its home table; an error anywhere else.
     pub fn get(&self) -> io::Result<&File> {
         if current() == self.home {

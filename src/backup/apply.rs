@@ -117,8 +117,9 @@ fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Reads `buf.len()` bytes at `off`, zero-filling whatever lies past the end of the file.
-fn read_padded(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+/// Reads `buf.len()` bytes at `off`, zero-filling whatever lies past the end of the file;
+/// returns how many came from the file.
+pub(crate) fn read_padded(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], off + done as u64) {
@@ -129,7 +130,7 @@ fn read_padded(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
         }
     }
     buf[done..].fill(0);
-    Ok(())
+    Ok(done)
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {

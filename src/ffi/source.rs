@@ -18,7 +18,6 @@
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use libsqlite3_sys::{
@@ -71,18 +70,8 @@ pub struct FileSource {
 
 impl SourceReader for FileSource {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
         // Like the unix VFS: the part past the end of the file reads as zeros.
-        buf[done..].fill(0);
-        Ok(done)
+        crate::backup::apply::read_padded(&self.file, buf, offset)
     }
 
     fn size(&mut self) -> io::Result<u64> {

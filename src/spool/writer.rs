@@ -151,8 +151,6 @@ struct OpenSegment {
     /// touched (`space`); `None` if no reservation could be made at all. Shared with the consumer
     /// thread only for its upkeep (`maintenance`).
     map: Option<Arc<MmapRaw>>,
-    /// How far ahead of the write position blocks are kept reserved (`window::Window`).
-    reserve_ahead: u64,
     /// Bytes of the mapping below this offset were released from our page tables.
     released: u64,
     /// Where the next byte will be written (the published tail when no transaction is open).
@@ -215,21 +213,22 @@ impl OpenSegment {
         let mut seg = OpenSegment {
             no,
             space,
-            reserve_ahead,
             map: map.map(Arc::new),
             released: 0,
             write_pos: 0,
             populated_to: 0,
         };
         if create {
-            seg.write_at(0, &format::encode_segment_header(no, crate::util::now_us()))?;
+            let header = format::encode_segment_header(no, crate::util::now_us());
+            seg.write_at(0, &header, reserve_ahead)?;
         }
         Ok(seg)
     }
 
     /// How much of the mapping may be written for a write ending at `end`: the reserved part,
-    /// grown here first if the consumer's upkeep has not reached `end` yet.
-    fn writable_to(&self, end: u64) -> u64 {
+    /// grown here first (to `reserve_ahead` past `end`) if the consumer's upkeep has not reached
+    /// `end` yet.
+    fn writable_to(&self, end: u64, reserve_ahead: u64) -> u64 {
         if self.map.is_none() {
             return 0;
         }
@@ -237,16 +236,16 @@ impl OpenSegment {
         if end <= reserved || reserved >= self.space.limit {
             return reserved;
         }
-        self.space.grow_to(end.saturating_add(self.reserve_ahead));
+        self.space.grow_to(end.saturating_add(reserve_ahead));
         self.space.reserved()
     }
 
     /// Writes `bytes` at `pos`: through the mapping where it is reserved, with `pwrite` beyond.
-    fn write_at(&mut self, pos: u64, bytes: &[u8]) -> io::Result<()> {
+    fn write_at(&mut self, pos: u64, bytes: &[u8], reserve_ahead: u64) -> io::Result<()> {
         if let Some(e) = crate::faults::io_error("spool_enospc", libc::ENOSPC) {
             return Err(e);
         }
-        let writable = self.writable_to(pos + bytes.len() as u64);
+        let writable = self.writable_to(pos + bytes.len() as u64, reserve_ahead);
         let in_map = writable.saturating_sub(pos).min(bytes.len() as u64) as usize;
         if let Some(m) = self.map.as_ref().filter(|_| in_map > 0) {
             // SAFETY: [pos, pos + in_map) is inside the reserved part of the mapping (in_map is
@@ -273,7 +272,13 @@ impl OpenSegment {
 
     /// Writes `parts` back to back from `pos` (`len` bytes in all). The usual case, all of it
     /// inside the reserved mapping, is one atomic load, one bounds check and one copy per part.
-    fn write_parts_at(&mut self, pos: u64, parts: &[&[u8]], len: u64) -> io::Result<()> {
+    fn write_parts_at(
+        &mut self,
+        pos: u64,
+        parts: &[&[u8]],
+        len: u64,
+        reserve_ahead: u64,
+    ) -> io::Result<()> {
         match self.map.as_ref() {
             Some(m)
                 if pos + len <= self.space.reserved() && !crate::faults::active("spool_enospc") =>
@@ -293,7 +298,7 @@ impl OpenSegment {
             _ => {
                 let mut at = pos;
                 for p in parts {
-                    self.write_at(at, p)?;
+                    self.write_at(at, p, reserve_ahead)?;
                     at += p.len() as u64;
                 }
                 Ok(())
@@ -473,7 +478,6 @@ impl SpoolWriter {
         let Some(seg) = self.seg.as_mut() else {
             return Maintenance::default();
         };
-        seg.reserve_ahead = reserve_ahead;
         let release = seg.claim_release(seg.write_pos, RELEASE_EVERY);
         let Some(map) = seg.map.as_ref() else {
             return Maintenance::default();
@@ -579,7 +583,8 @@ impl SpoolWriter {
             return Err(io::Error::other("no open spool transaction"));
         };
         let len = parts.iter().map(|p| p.len() as u64).sum();
-        seg.write_parts_at(txn.start + txn.len, parts, len)?;
+        let ahead = self.window.reserve_ahead();
+        seg.write_parts_at(txn.start + txn.len, parts, len, ahead)?;
         txn.len += len;
         seg.advance_to(txn.start + txn.len);
         self.appended = self.appended.wrapping_add(len);
