@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 /// The smallest window (a quiet stream's).
-pub const MIN: u64 = 4 << 20;
+pub const MIN: u64 = 2 << 20;
 /// The largest window.
 pub const MAX: u64 = 16 << 20;
 /// Window sizes are multiples of this.
