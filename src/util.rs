@@ -26,6 +26,18 @@ fn read_clock(clock: libc::clockid_t) -> Option<(u64, u64)> {
     ok.then_some((ts.tv_sec as u64, ts.tv_nsec as u64))
 }
 
+/// Asks the allocator to hand the heap's free pages back to the system. After a huge batch (one
+/// write-set entry per page of a 1 GB transaction) the consumer thread's malloc arena would
+/// otherwise keep what it freed resident: glibc shrinks a thread arena only from its top.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the system
+    // (madvise), never memory still allocated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Tests only: an empty directory `<tag>-<name>` under this test process's own root,
 /// `spoolvfs-unit-<pid>` in the system's temp dir (what was there is removed first).
 ///

@@ -84,6 +84,9 @@ const SPAN_MAX_JOURNAL: u64 = 32 << 20;
 const GROUP_MAX_RECORDS: u64 = 512;
 /// Bytes after which a segment is closed and the next transaction starts a new one.
 const ROTATE_AT: u64 = 64 << 20;
+/// A batch with at least this many write-set entries (64 MiB of 4 KiB pages) returns the heap
+/// it freed to the system once applied (`util::release_free_heap`).
+const TRIM_AFTER_ENTRIES: usize = 16_384;
 /// How often an idle consumer checks the source for changes made without spoolvfs.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -715,6 +718,7 @@ impl Consumer {
         let bump = bump_needed(&records);
         // The page lists are in the write set now; a huge transaction should not hold both.
         drop(records);
+        let huge = writes.len() >= TRIM_AFTER_ENTRIES;
         // Someone waits in `spool_sync`, or the last close drains: commit the span before the new
         // state is published, so what they were promised is durable.
         let keep_open = !stopping && !wanted;
@@ -737,6 +741,9 @@ impl Consumer {
         }
         c.publish_applied(prev);
         self.publish_backup_fp(prev.seq);
+        if huge {
+            crate::util::release_free_heap();
+        }
         if self.span.is_none() {
             c.set_committed_seq(prev.seq);
             if let Some(round) = self.sync_round.filter(|r| prev.seq > r.sealed_seq) {

@@ -70,9 +70,6 @@ const SEGMENT_SLACK_MIN: u64 = 4 << 20;
 const RELEASE_EVERY: u64 = 2 << 20;
 /// Written, unreleased bytes after which the writer releases them itself.
 const RELEASE_HARD_LIMIT: u64 = 16 << 20;
-/// Upkeep looks further apart than this do not count as watching the stream move
-/// (`SpoolWriter::pace`); the consumer looks every few ms while records flow.
-const UPKEEP_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 /// The writer counts as idle once the upkeep has seen it append nothing for this long.
 const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Reservations grow in steps of this much, so that a stream of small transactions costs one
@@ -379,10 +376,8 @@ fn page_size() -> u64 {
 enum Pace {
     /// The writer appended nothing for `IDLE_AFTER`.
     Idle,
-    /// It appended since the previous look, which was recent, or it did so a moment ago.
+    /// It appended since the upkeep's previous look, or did so a moment before.
     Moving,
-    /// It appended, but the previous look was long ago (or there was none).
-    Resumed,
 }
 
 /// Mapping upkeep handed to the consumer thread (`SpoolWriter::maintenance`). The `Arc`s keep
@@ -480,8 +475,8 @@ pub struct SpoolWriter {
     appended: u64,
     /// How far ahead the mapping is kept populated, following that rate.
     window: Window,
-    /// When the upkeep last looked, and `appended` then (`pace`).
-    last_upkeep: Option<(Instant, u64)>,
+    /// `appended` when the upkeep last looked (`pace`).
+    last_upkeep: Option<u64>,
     /// The last look that found the writer had appended since the one before.
     last_append_seen: Instant,
 }
@@ -566,37 +561,26 @@ impl SpoolWriter {
         }
     }
 
-    /// How the stream moved since the upkeep's previous look. Populating ahead is worth its
-    /// resident memory only while the upkeep watches the writer append. After a pause (the
-    /// upkeep was away, or the consumer was parked through one huge transaction) the first look
-    /// only measures (`Resumed`): populating a full window then would add it to the resident set
-    /// just as the consumer applies that transaction, the process's peak, for a writer that may
-    /// be done. Once the writer has appended nothing for `IDLE_AFTER` (`Idle`), its written pages
-    /// are released and so is the window populated ahead (measured: a 1 GB transaction's peak
-    /// held a full 16 MiB window, 14 MiB of it populated and never written, through the whole
-    /// apply; even the smallest window kept left the peak 2-4 MiB over). An idle database's
-    /// spool so holds no resident memory; the pages stay in the page cache, and the next
-    /// transaction's first pages map them back with minor faults until the upkeep, which sees
-    /// the stream move again, populates ahead once more. Idleness is judged by time, not by two looks in a row: the
-    /// upkeep also looks several times a millisecond inside long steps, and a window released
-    /// and populated again between two appends of a busy writer costs the consumer its whole
-    /// populate again (measured: 0.53 of a core against 0.32).
+    /// How the stream moved, as the upkeep sees it. Once it has seen the writer append nothing
+    /// for `IDLE_AFTER` (`Idle`), the writer's written pages are released and so is the window
+    /// populated ahead (measured: a 1 GB transaction's peak held a full 16 MiB window, 14 MiB of
+    /// it populated and never written, through the whole apply; even the smallest window kept
+    /// left the peak 2-4 MiB over). An idle database's spool so holds no resident memory; the
+    /// pages stay in the page cache, and the next transaction's first pages map them back with
+    /// minor faults until the upkeep, which sees the stream move again, populates ahead once
+    /// more. Idleness is judged by time, not by two looks in a row: the upkeep also looks
+    /// several times a millisecond inside long steps, and a first version that released the
+    /// window whenever two looks saw no append re-populated it between a busy writer's commits
+    /// (consumer 0.53 of a core against 0.32, small WAL NORMAL).
     fn pace(&mut self, now: Instant) -> Pace {
-        let before = self.last_upkeep.replace((now, self.appended));
-        match before {
-            None => Pace::Resumed,
-            Some((at, appended)) if appended != self.appended => {
-                self.last_append_seen = now;
-                if now.saturating_duration_since(at) <= UPKEEP_GAP {
-                    Pace::Moving
-                } else {
-                    Pace::Resumed
-                }
-            }
-            Some(_) if now.saturating_duration_since(self.last_append_seen) >= IDLE_AFTER => {
-                Pace::Idle
-            }
-            Some(_) => Pace::Moving,
+        if self.last_upkeep.replace(self.appended) != Some(self.appended) {
+            self.last_append_seen = now;
+            return Pace::Moving;
+        }
+        if now.saturating_duration_since(self.last_append_seen) >= IDLE_AFTER {
+            Pace::Idle
+        } else {
+            Pace::Moving
         }
     }
 
@@ -938,8 +922,8 @@ mod tests {
         assert_pages_read_back(&d, &c, next);
     }
 
-    /// The upkeep populates ahead only while it watches the writer append; once the writer is
-    /// idle it releases the written pages and the window populated ahead.
+    /// The upkeep keeps the window ahead populated while the writer appends; once the writer
+    /// has been idle for `IDLE_AFTER` it releases the written pages and the window ahead.
     #[test]
     fn an_idle_writer_keeps_nothing_populated() {
         let d = crate::util::fresh_test_dir("wr", "idle-window");
@@ -952,17 +936,12 @@ mod tests {
         w.window
             .measure(later + std::time::Duration::from_millis(10), 1 << 30);
         assert_eq!(w.window.size(), crate::spool::window::MAX);
-        // What the upkeep saw at its previous look, just now: `before` appended bytes.
+        // What the upkeep saw at its previous look: `before` appended bytes.
         let look = |w: &mut SpoolWriter, before: u64| {
-            w.last_upkeep = Some((Instant::now(), before));
+            w.last_upkeep = Some(before);
             w.maintenance()
         };
         let mut next = write_txns(&mut w, &c, 0, 1, 1);
-        // The first look after a pause only measures.
-        w.last_upkeep = None;
-        let first = w.maintenance();
-        assert!(first.populate.is_none(), "populated on the first look");
-        first.run();
         // The stream moves under the upkeep's eyes: the window ahead is populated.
         let before = w.appended;
         next = write_txns(&mut w, &c, next, 1, 2048);
@@ -982,14 +961,12 @@ mod tests {
         let seg = w.seg.as_ref().unwrap();
         let (write_pos, populated) = (seg.write_pos, seg.populated_to);
         assert!(populated > write_pos + crate::spool::window::MIN);
-        // (The window is the largest: no look in this test measures the stream.)
-        // Idle: the last written pages are released, and the window populated ahead.
         // Two looks in a row without an append are not yet idleness...
         let now_appended = w.appended;
         let soon = look(&mut w, now_appended);
         assert!(soon.shrink.is_none() && soon.release.is_none());
         soon.run();
-        // ...IDLE_AFTER without one is.
+        // ...IDLE_AFTER without one is: the last written pages are released, and the window.
         w.last_append_seen = Instant::now() - IDLE_AFTER;
         let idle = look(&mut w, now_appended);
         assert!(idle.populate.is_none());
