@@ -58,13 +58,14 @@ struct Entry {
 }
 
 impl Entry {
-    /// The same source, `n` bytes further in (used when the front of an entry is overwritten).
-    /// Saturating keeps a bogus position out of range, so a later read fails cleanly.
-    fn advanced(self, n: u64, len: u64) -> Entry {
+    /// The part of this entry that starts `skip` bytes in and is `len` long (`skip + len` at
+    /// most its length): what is left of it when the rest is overwritten. Saturating keeps a
+    /// bogus position out of range, so a later read fails cleanly.
+    fn part(self, skip: u64, len: u64) -> Entry {
         Entry {
             len: len as u32,
             origin: self.origin,
-            pos: self.pos.saturating_add(n),
+            pos: self.pos.saturating_add(skip),
         }
     }
 }
@@ -182,10 +183,10 @@ impl WriteSet {
             let e = s + old.len as u64;
             if e > offset {
                 // Keep its head; `s < offset` so the head is non-empty.
-                self.map.insert(s, old.advanced(0, offset - s));
+                self.map.insert(s, old.part(0, offset - s));
                 if e > end {
                     // The new range sits strictly inside it: keep its tail as well.
-                    self.map.insert(end, old.advanced(end - s, e - end));
+                    self.map.insert(end, old.part(end - s, e - end));
                 }
             }
         }
@@ -196,7 +197,7 @@ impl WriteSet {
             if let Some(old) = self.map.remove(&s) {
                 let e = s + old.len as u64;
                 if e > end {
-                    self.map.insert(end, old.advanced(end - s, e - end));
+                    self.map.insert(end, old.part(end - s, e - end));
                 }
             }
         }

@@ -37,7 +37,7 @@
 //!   (measured: 10-18 % of the writer's time in a small-transaction WAL run when the writer did
 //!   it). The writer releases by itself only when the consumer fell `RELEASE_HARD_LIMIT` behind
 //!   (it is busy applying a big batch), which bounds the resident set either way. Once the
-//!   writer is idle the upkeep also releases the window it populated ahead (`SpoolWriter::pace`),
+//!   writer is idle the upkeep also releases the window it populated ahead (`SpoolWriter::writer_idle`),
 //!   so an idle database's spool holds no resident memory.
 
 use std::fs::OpenOptions;
@@ -158,9 +158,9 @@ struct OpenSegment {
     no: u64,
     /// The file and its reserved blocks.
     space: Arc<Reservation>,
-    /// Mapping of the first `capacity` bytes of the file, of which only the reserved part may be
-    /// touched (`space`); `None` if no reservation could be made at all. Shared with the consumer
-    /// thread only for its upkeep (`maintenance`).
+    /// Mapping of the file up to `SEGMENT_SLACK` past the rotation point, of which only the
+    /// reserved part may be touched (`space`); `None` if no reservation could be made at all.
+    /// Shared with the consumer thread only for its upkeep (`maintenance`).
     map: Option<Arc<MmapRaw>>,
     /// Bytes of the mapping below this offset were released from our page tables.
     released: u64,
@@ -171,17 +171,17 @@ struct OpenSegment {
 }
 
 impl OpenSegment {
-    /// Opens segment `no` (creating it with its header when `create`), maps its first `capacity`
-    /// bytes (or `fallback` bytes if the address space for those is refused) and reserves them up to `reserve_ahead` past `start`, where writing will begin; no
-    /// mapping if even that reservation fails. An existing segment whose header is not segment
+    /// Opens segment `no` (creating it with its header when `create`), maps it up to
+    /// `SEGMENT_SLACK` past `rotate_at` (`SEGMENT_SLACK_MIN` if that address space is refused)
+    /// and reserves it up to `reserve_ahead` past `start`, where writing will begin; no mapping
+    /// if even that reservation fails. An existing segment whose header is not segment
     /// `no` in this version's format (a spool left by another version) is an `InvalidData`
     /// error, found before anything is reserved or mapped.
     fn open(
         dir: &std::path::Path,
         no: u64,
         create: bool,
-        capacity: u64,
-        fallback: u64,
+        rotate_at: u64,
         start: u64,
         reserve_ahead: u64,
     ) -> io::Result<OpenSegment> {
@@ -208,7 +208,8 @@ impl OpenSegment {
             let len = usize::try_from(len).ok()?;
             memmap2::MmapOptions::new().len(len).map_raw(&file).ok()
         };
-        let map = map_len(capacity).or_else(|| map_len(fallback));
+        let map = map_len(rotate_at.saturating_add(SEGMENT_SLACK))
+            .or_else(|| map_len(rotate_at.saturating_add(SEGMENT_SLACK_MIN)));
         let identity = {
             use std::os::unix::fs::MetadataExt;
             let m = file.metadata()?;
@@ -371,15 +372,6 @@ fn page_size() -> u64 {
     })
 }
 
-/// How the stream moved, as the upkeep sees it (`SpoolWriter::pace`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pace {
-    /// The writer appended nothing for `IDLE_AFTER`.
-    Idle,
-    /// It appended since the upkeep's previous look, or did so a moment before.
-    Moving,
-}
-
 /// Mapping upkeep handed to the consumer thread (`SpoolWriter::maintenance`). The `Arc`s keep
 /// the mappings and files alive while it works on them without the capture lock.
 #[derive(Default)]
@@ -475,7 +467,7 @@ pub struct SpoolWriter {
     appended: u64,
     /// How far ahead the mapping is kept populated, following that rate.
     window: Window,
-    /// `appended` when the upkeep last looked (`pace`).
+    /// `appended` when the upkeep last looked (`writer_idle`).
     last_upkeep: Option<u64>,
     /// The last look that found the writer had appended since the one before.
     last_append_seen: Instant,
@@ -510,13 +502,13 @@ impl SpoolWriter {
     pub fn maintenance(&mut self) -> Maintenance {
         let now = Instant::now();
         self.window.measure(now, self.appended);
-        let pace = self.pace(now);
+        let idle = self.writer_idle(now);
         let (window, reserve_ahead) = (self.window.size(), self.window.reserve_ahead());
         let Some(seg) = self.seg.as_mut() else {
             return Maintenance::default();
         };
         // An idle writer's written pages are all released, not kept until RELEASE_EVERY more.
-        let release_min = if pace == Pace::Idle { 1 } else { RELEASE_EVERY };
+        let release_min = if idle { 1 } else { RELEASE_EVERY };
         let release = seg.claim_release(seg.write_pos, release_min);
         let Some(map) = seg.map.as_ref() else {
             return Maintenance::default();
@@ -529,21 +521,19 @@ impl SpoolWriter {
         let page = page_size();
         let from = seg.populated_to.max(seg.write_pos) & !(page - 1);
         let to = (seg.write_pos + window).min(len);
-        let mut shrink = None;
-        let populate = if pace != Pace::Moving || (to < from + window / 4 && to < len) || to <= from
-        {
-            // Only reserved bytes were populated (`Maintenance::run`), and may be advised.
-            let populated = seg.populated_to.min(seg.space.reserved());
-            // Nothing ahead is kept: the next transaction's first pages fault, once.
-            let keep_to = seg.write_pos.min(len).next_multiple_of(page);
-            if pace == Pace::Idle && populated > keep_to {
-                shrink = Some(MappedRange {
-                    map: map.clone(),
-                    offset: keep_to as usize,
-                    len: (populated - keep_to) as usize,
-                });
-                seg.populated_to = keep_to;
+        // Only reserved bytes were populated (`Maintenance::run`), and may be advised. Nothing
+        // ahead of an idle writer is kept: its next transaction's first pages fault, once.
+        let populated = seg.populated_to.min(seg.space.reserved());
+        let keep_to = seg.write_pos.min(len).next_multiple_of(page);
+        let shrink = (idle && populated > keep_to).then(|| {
+            seg.populated_to = keep_to;
+            MappedRange {
+                map: map.clone(),
+                offset: keep_to as usize,
+                len: (populated - keep_to) as usize,
             }
+        });
+        let populate = if idle || (to < from + window / 4 && to < len) || to <= from {
             None
         } else {
             seg.populated_to = to;
@@ -561,8 +551,8 @@ impl SpoolWriter {
         }
     }
 
-    /// How the stream moved, as the upkeep sees it. Once it has seen the writer append nothing
-    /// for `IDLE_AFTER` (`Idle`), the writer's written pages are released and so is the window
+    /// Whether the upkeep has seen the writer append nothing for `IDLE_AFTER`. Then the writer's
+    /// written pages are released and so is the window
     /// populated ahead (measured: a 1 GB transaction's peak held a full 16 MiB window, 14 MiB of
     /// it populated and never written, through the whole apply; even the smallest window kept
     /// left the peak 2-4 MiB over). An idle database's spool so holds no resident memory; the
@@ -572,24 +562,11 @@ impl SpoolWriter {
     /// several times a millisecond inside long steps, and a first version that released the
     /// window whenever two looks saw no append re-populated it between a busy writer's commits
     /// (consumer 0.53 of a core against 0.32, small WAL NORMAL).
-    fn pace(&mut self, now: Instant) -> Pace {
+    fn writer_idle(&mut self, now: Instant) -> bool {
         if self.last_upkeep.replace(self.appended) != Some(self.appended) {
             self.last_append_seen = now;
-            return Pace::Moving;
         }
-        if now.saturating_duration_since(self.last_append_seen) >= IDLE_AFTER {
-            Pace::Idle
-        } else {
-            Pace::Moving
-        }
-    }
-
-    /// The mapping's length wanted for a segment, and the one to fall back to.
-    fn capacity(&self) -> (u64, u64) {
-        (
-            self.rotate_at.saturating_add(SEGMENT_SLACK),
-            self.rotate_at.saturating_add(SEGMENT_SLACK_MIN),
-        )
+        now.saturating_duration_since(self.last_append_seen) >= IDLE_AFTER
     }
 
     /// Starts a transaction at the published tail (caller holds the database's write lock).
@@ -604,17 +581,21 @@ impl SpoolWriter {
             self.seg = None;
         }
         let tail = control.sealed().pos;
-        let capacity = self.capacity();
         // Rotation happens only between transactions: no transaction spans two segments.
         let rotate = tail.segment == 0
             || tail.end >= self.rotate_at
-            || !self.open_tail(tail.segment, capacity, tail.end)?;
+            || !self.open_tail(tail.segment, tail.end)?;
         let (segment, start) = if rotate {
             let next = tail.segment + 1;
             let start = SEGMENT_HEADER_LEN as u64;
             let ahead = self.window.reserve_ahead();
             self.seg = Some(OpenSegment::open(
-                &self.dir, next, true, capacity.0, capacity.1, start, ahead,
+                &self.dir,
+                next,
+                true,
+                self.rotate_at,
+                start,
+                ahead,
             )?);
             (next, SEGMENT_HEADER_LEN as u64)
         } else {
@@ -637,7 +618,7 @@ impl SpoolWriter {
     /// later record in a segment the reader rejects, one resync after another until rotation. The
     /// stream moves on to a new segment instead, and the consumer resyncs once for the tail it
     /// cannot read.
-    fn open_tail(&mut self, no: u64, capacity: (u64, u64), end: u64) -> io::Result<bool> {
+    fn open_tail(&mut self, no: u64, end: u64) -> io::Result<bool> {
         if self.seg.as_ref().is_some_and(|s| s.no == no) {
             return Ok(true);
         }
@@ -645,8 +626,7 @@ impl SpoolWriter {
             &self.dir,
             no,
             false,
-            capacity.0,
-            capacity.1,
+            self.rotate_at,
             end,
             self.window.reserve_ahead(),
         ) {
