@@ -965,7 +965,7 @@ mod tests {
         let mut r = SegmentReader::open(&d, 1).unwrap();
         let got = r.read_records(None, 100).unwrap();
         assert_eq!(got.records.len(), 1);
-        assert_eq!(got.records[0].pages[1].offset, 512);
+        assert_eq!(got.records[0].pages.get(1).unwrap().offset, 512);
     }
 
     /// Kind of the entry whose page image starts at `payload_pos`.
@@ -1016,12 +1016,12 @@ mod tests {
         let kinds: Vec<_> = got
             .records
             .iter()
-            .flat_map(|rec| rec.pages.iter().map(|p| entry_kind_at(&r.file, p)))
+            .flat_map(|rec| rec.pages.iter().map(|p| entry_kind_at(&r.file, &p)))
             .collect();
         use format::EntryKind::{Page, WalFrame};
         assert_eq!(kinds, [WalFrame, WalFrame, WalFrame, Page]);
         // A damaged page image is caught by SQLite's checksum (our CRC does not cover it).
-        let damaged = got.records[1].pages[0].payload_pos + 100;
+        let damaged = got.records[1].pages.get(0).unwrap().payload_pos + 100;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(crate::spool::segment_path(&d, 1));
@@ -1072,7 +1072,7 @@ mod tests {
         let kinds: Vec<_> = got.records[0]
             .pages
             .iter()
-            .map(|p| entry_kind_at(&r.file, p))
+            .map(|p| entry_kind_at(&r.file, &p))
             .collect();
         use format::EntryKind::{Page, WalFrame};
         assert_eq!(kinds, [WalFrame, WalFrame, Page, Page]);
@@ -1136,8 +1136,12 @@ mod tests {
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].pages.len(), 1);
         let mut img = [0u8; 512];
-        std::os::unix::fs::FileExt::read_exact_at(&*r.file, &mut img, recs[0].pages[0].payload_pos)
-            .unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(
+            &*r.file,
+            &mut img,
+            recs[0].pages.get(0).unwrap().payload_pos,
+        )
+        .unwrap();
         assert_eq!(img, [5u8; 512]);
     }
 

@@ -31,7 +31,6 @@
 //! is always a rollback-journal database: a WAL-mode header in the batch is rewritten to legacy
 //! mode.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -46,6 +45,7 @@ use super::journal::{
 use super::lock::{
     BackupLock, Guard, PENDING_BYTE, lock_exclusive_with_retry, lock_reserved_with_retry,
 };
+use super::pagebits::PageBits;
 use super::writeset::{Source, WriteSet};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -226,7 +226,7 @@ pub struct Span {
     /// Page size of the backup when the span began: the journal's page size.
     page_size: u32,
     /// 0-based pages whose span-start image is in the journal.
-    journaled: HashSet<u64>,
+    journaled: PageBits,
     /// `finish` has made the journal hot.
     hot: bool,
     /// A batch of this span has written to the database file.
@@ -498,7 +498,7 @@ fn open_span(backup_path: &Path, req_page_size: u32, opts: &ApplyOptions) -> io:
         journal,
         orig_pages,
         page_size,
-        journaled: HashSet::new(),
+        journaled: PageBits::new(),
         hot: false,
         db_written: false,
         closed_to_batches: page_size != req_page_size,
@@ -557,23 +557,26 @@ fn write_journal(
 
     // Pages the writes touch, ascending and distinct (entries are sorted). Besides present pages
     // this includes pages a shrink earlier in the span cut off and this batch brings back: a
-    // rollback cuts the file to the span's start size, which would keep their new bytes.
-    let mut touched: Vec<u64> = Vec::new();
-    if !every_page {
-        let below = req.final_size.div_ceil(ps).min(orig);
-        let mut next = 0u64;
-        for (off, len, _) in writes.iter() {
+    // rollback cuts the file to the span's start size, which would keep their new bytes. Listed
+    // lazily: a huge transaction touches every page.
+    let below = if every_page {
+        0
+    } else {
+        req.final_size.div_ceil(ps).min(orig)
+    };
+    let mut next = 0u64;
+    let touched = writes
+        .iter()
+        .map_while(move |(off, len, _)| {
             let first = (off / ps).max(next);
-            let last = ((off + len - 1) / ps).min(below.saturating_sub(1));
             if first >= below {
-                break;
+                return None;
             }
-            if first <= last {
-                touched.extend(first..=last);
-                next = last + 1;
-            }
-        }
-    }
+            let last = ((off + len - 1) / ps).min(below - 1);
+            next = next.max(last + 1);
+            Some(first..last + 1)
+        })
+        .flatten();
     // Then every present page past the cut, without listing them: a shrink can cut millions.
     let cut = if every_page {
         // The span's only batch (it changes the page size), so nothing is journaled yet.
@@ -586,12 +589,11 @@ fn write_journal(
     let mut new = vec![0u8; span.page_size as usize];
     let mut n = 0u64;
     let candidates = touched
-        .into_iter()
         .map(|idx| (idx, false))
         .chain(cut.map(|idx| (idx, true)));
     for (idx, is_cut) in candidates {
         let pgno = idx + 1;
-        if pgno == lock_pgno || span.journaled.contains(&idx) {
+        if pgno == lock_pgno || span.journaled.contains(idx) {
             continue;
         }
         // Not journaled yet, so not changed since the span began: the file holds its image then

@@ -11,4 +11,5 @@ pub mod apply;
 pub mod handle;
 pub mod journal;
 pub mod lock;
+pub mod pagebits;
 pub mod writeset;

@@ -84,9 +84,9 @@ const SPAN_MAX_JOURNAL: u64 = 32 << 20;
 const GROUP_MAX_RECORDS: u64 = 512;
 /// Bytes after which a segment is closed and the next transaction starts a new one.
 const ROTATE_AT: u64 = 64 << 20;
-/// A batch with at least this many write-set entries (64 MiB of 4 KiB pages) returns the heap
-/// it freed to the system once applied (`util::release_free_heap`).
-const TRIM_AFTER_ENTRIES: usize = 16_384;
+/// A batch of at least this many pages (64 MiB of 4 KiB pages) returns the heap it freed (its
+/// page lists, its write set) to the system once applied (`util::release_free_heap`).
+const TRIM_AFTER_PAGES: usize = 16_384;
 /// How often an idle consumer checks the source for changes made without spoolvfs.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -708,17 +708,17 @@ impl Consumer {
                 return self.lost("the backup was changed, replaced or deleted outside spoolvfs");
             }
         }
+        let last = records.last().map(|r| r.info).ok_or("empty batch")?;
+        let bump = bump_needed(&records);
+        let huge = records.iter().map(|r| r.pages.len()).sum::<usize>() >= TRIM_AFTER_PAGES;
         let mut writes = WriteSet::new();
         add_records(
             &mut writes,
             &records,
             self.cursor.reader.as_ref().map(|r| r.file.clone()),
         );
-        let last = records.last().map(|r| r.info).ok_or("empty batch")?;
-        let bump = bump_needed(&records);
-        // The page lists are in the write set now; a huge transaction should not hold both.
+        // Scattered pages cost a list entry each: not kept through the apply.
         drop(records);
-        let huge = writes.len() >= TRIM_AFTER_ENTRIES;
         // Someone waits in `spool_sync`, or the last close drains: commit the span before the new
         // state is published, so what they were promised is durable.
         let keep_open = !stopping && !wanted;
@@ -1125,7 +1125,7 @@ fn add_records(writes: &mut WriteSet, records: &[Record], file: Option<Arc<std::
     let Some(file) = file else { return };
     let final_size = records.last().map_or(0, |r| r.info.db_size);
     for r in records {
-        for p in &r.pages {
+        for p in r.pages.iter() {
             writes.insert(
                 p.offset,
                 p.len as u64,
@@ -1195,7 +1195,7 @@ mod tests {
             },
             segment: 1,
             end: 0,
-            pages: Vec::new(),
+            pages: Default::default(),
         }
     }
 
@@ -1238,10 +1238,10 @@ mod tests {
         };
         let mut r1 = rec(1, SourceMode::Rollback, 10, 0, 0);
         r1.info.db_size = 3 * ps;
-        r1.pages = vec![page(5, 0)];
+        r1.pages = vec![page(5, 0)].into();
         let mut r2 = rec(2, SourceMode::Rollback, 11, 0, 0);
         r2.info.db_size = 6 * ps;
-        r2.pages = vec![page(4, ps)];
+        r2.pages = vec![page(4, ps)].into();
         let mut writes = WriteSet::new();
         add_records(&mut writes, &[r1, r2], Some(file));
         let mut got = vec![0xEEu8; 6 * ps as usize];

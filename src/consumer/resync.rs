@@ -34,7 +34,7 @@ use crate::dbheader;
 use crate::dbstate::lock;
 use crate::filestamp::{self, Settled};
 use crate::spool::control::AppliedState;
-use crate::spool::format::{RecordKind, SourceMode};
+use crate::spool::format::{CommitInfo, RecordKind, SourceMode};
 use crate::spool::reader::{Record, SegmentReader};
 use crate::spool::writer::SealedPos;
 use crate::spool::{list_segments, segment_path};
@@ -328,7 +328,8 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
     };
 
     // 4. Replay (P, S] after the copy, then apply as one batch.
-    let mut last_record: Option<Record> = None;
+    // The last replayed record: the state it leaves and its commit information.
+    let mut last_record: Option<(AppliedState, CommitInfo)> = None;
     let mut any_commit = false;
     if s.seq > p.seq {
         {
@@ -338,18 +339,18 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
                 return Ok(false);
             };
             let mut expect = p.seq + 1;
-            for (file, records) in &groups {
-                for r in records {
+            for (file, records) in groups {
+                for r in &records {
                     if r.seq != expect {
                         return Ok(false);
                     }
                     expect += 1;
                     any_commit |= r.info.kind == RecordKind::Commit;
                 }
-                add_records(&mut writes, records, Some(file.clone()));
                 if let Some(r) = records.last() {
-                    last_record = Some(r.clone());
+                    last_record = Some((applied_after(r), r.info));
                 }
+                add_records(&mut writes, &records, Some(file));
             }
             if expect != s.seq + 1 {
                 return Ok(false);
@@ -360,9 +361,9 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
         // A capture loss (or a new request) during the copy: records after P are incomplete.
         return Ok(false);
     }
-    if let Some(r) = &last_record {
-        final_size = r.info.db_size;
-        page_size = r.info.page_size;
+    if let Some((_, info)) = &last_record {
+        final_size = info.db_size;
+        page_size = info.page_size;
     }
     let bump = source_is_wal || any_commit;
     // Committed (span closed) before the new state is published: a resync is what repairs a span
@@ -381,8 +382,8 @@ fn attempt(c: &mut Consumer, gen_: u64) -> Result<bool, String> {
             (SourceMode::Rollback, counter as u64, 0)
         }
     };
-    let applied = match &last_record {
-        Some(r) => applied_after(r),
+    let applied = match last_record {
+        Some((applied, _)) => applied,
         // Nothing replayed: the backup is the copy, so the next record is checked against the
         // source state the copy showed, and so is the source while idle (`source_changed`): a
         // change made without spoolvfs during or after the copy is found at once, instead of
