@@ -631,6 +631,24 @@ mod tests {
         }
     }
 
+    /// The write set reads back as `model` says (None = uncovered), in whole and through
+    /// `read_covered` on a random window.
+    fn agrees_with_model(ws: &WriteSet, model: &[Option<u8>], rng: &mut XorShift, what: &str) {
+        let size = model.len();
+        assert_eq!(render(ws, size), model, "{what}");
+        let covered = model.iter().filter(|b| b.is_some()).count() as u64;
+        assert_eq!(ws.total_bytes(), covered, "{what}");
+        let off = rng.below(size as u64);
+        let len = rng.below(size as u64 - off + 1) as usize;
+        let mut buf = vec![0xA5u8; len];
+        let all = ws.read_covered(off, &mut buf).unwrap();
+        let win = &model[off as usize..off as usize + len];
+        assert_eq!(all, win.iter().all(|b| b.is_some()), "{what}");
+        for (i, m) in win.iter().enumerate() {
+            assert_eq!(buf[i], m.unwrap_or(0xA5), "{what} byte {i}");
+        }
+    }
+
     #[test]
     fn random_against_byte_model() {
         const SIZE: usize = 3000;
@@ -663,19 +681,7 @@ mod tests {
                         },
                     );
                 }
-                assert_eq!(render(&ws, SIZE), model, "seed {seed} step {step}");
-                let covered = model.iter().filter(|b| b.is_some()).count() as u64;
-                assert_eq!(ws.total_bytes(), covered);
-                // read_covered on a random window agrees with the model.
-                let off = rng.below(SIZE as u64);
-                let len = rng.below(SIZE as u64 - off + 1) as usize;
-                let mut buf = vec![0xA5u8; len];
-                let all = ws.read_covered(off, &mut buf).unwrap();
-                let win = &model[off as usize..off as usize + len];
-                assert_eq!(all, win.iter().all(|b| b.is_some()));
-                for (i, m) in win.iter().enumerate() {
-                    assert_eq!(buf[i], m.unwrap_or(0xA5));
-                }
+                agrees_with_model(&ws, &model, &mut rng, &format!("seed {seed} step {step}"));
             }
         }
     }
@@ -735,22 +741,7 @@ mod tests {
                         *b = None;
                     }
                 }
-                assert_eq!(render(&ws, SIZE), model, "seed {seed} step {step}");
-                let covered = model.iter().filter(|b| b.is_some()).count() as u64;
-                assert_eq!(ws.total_bytes(), covered, "seed {seed} step {step}");
-                let off = rng.below(SIZE as u64);
-                let len = rng.below(SIZE as u64 - off + 1) as usize;
-                let mut buf = vec![0xA5u8; len];
-                let all = ws.read_covered(off, &mut buf).unwrap();
-                let win = &model[off as usize..off as usize + len];
-                assert_eq!(all, win.iter().all(|b| b.is_some()));
-                for (i, m) in win.iter().enumerate() {
-                    assert_eq!(
-                        buf[i],
-                        m.unwrap_or(0xA5),
-                        "seed {seed} step {step} byte {i}"
-                    );
-                }
+                agrees_with_model(&ws, &model, &mut rng, &format!("seed {seed} step {step}"));
                 let runs = ws.map.values().filter(|e| e.len > UNIT as u32).count();
                 runs_seen = runs_seen.max(runs);
             }
