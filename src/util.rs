@@ -26,9 +26,9 @@ fn read_clock(clock: libc::clockid_t) -> Option<(u64, u64)> {
     ok.then_some((ts.tv_sec as u64, ts.tv_nsec as u64))
 }
 
-/// Asks the allocator to hand the heap's free pages back to the system. After a huge batch (one
-/// write-set entry per page of a 1 GB transaction) the consumer thread's malloc arena would
-/// otherwise keep what it freed resident: glibc shrinks a thread arena only from its top.
+/// Asks the allocator to hand the heap's free pages back to the system. After a huge batch (the
+/// page lists and write-set entries of its scattered pages) the consumer thread's malloc arena
+/// would otherwise keep what it freed resident: glibc shrinks a thread arena only from its top.
 pub fn release_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions; it only returns free heap pages to the system

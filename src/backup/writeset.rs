@@ -90,6 +90,23 @@ impl Entry {
             .saturating_add(self.pos)
     }
 
+    /// The contiguous pieces of bytes `[rel, rel + len)` of a strided entry, in order, each as
+    /// (offset in that range, position in the origin, length): whole units, and parts of one at
+    /// either end.
+    fn pieces(self, rel: u64, len: usize) -> impl Iterator<Item = (usize, u64, usize)> {
+        let unit = u64::from(self.unit);
+        let mut done = 0usize;
+        std::iter::from_fn(move || {
+            (done < len).then(|| {
+                let i = rel.saturating_add(done as u64);
+                let n = ((unit - i % unit) as usize).min(len - done);
+                let piece = (done, self.source_pos(i), n);
+                done += n;
+                piece
+            })
+        })
+    }
+
     /// The part of this entry that starts `skip` bytes in and is `len` long (`skip + len` at
     /// most its length, `len > 0`): what is left of it when the rest is overwritten. One entry,
     /// or two when a strided entry is cut inside a unit: the rest of that unit (contiguous), then
@@ -194,63 +211,52 @@ impl SourceRef<'_> {
         {
             return Ok(());
         }
-        let unit = u64::from(self.entry.unit);
-        let mut done = 0usize;
-        while done < buf.len() {
-            let i = rel.checked_add(done as u64).ok_or_else(out_of_range)?;
-            let n = ((unit - i % unit) as usize).min(buf.len() - done);
-            self.read_contiguous(&mut buf[done..done + n], self.entry.source_pos(i))?;
-            done += n;
+        for (at, pos, n) in self.entry.pieces(rel, buf.len()) {
+            self.read_contiguous(&mut buf[at..at + n], pos)?;
         }
         Ok(())
     }
 
-    /// Reads part of a strided entry from a file with one `preadv` per `MAX_IOV / 2` units, the
+    /// Reads part of a strided entry from a file with one `preadv` per `MAX_IOV / 2` pieces, the
     /// entry headers between them going to a scratch buffer: a megabyte of a run of pages is one
     /// system call instead of 256. False when it cannot (a gap wider than the scratch, an error,
-    /// a short read): the caller then reads unit by unit, which reports errors precisely.
+    /// a short read): the caller then reads piece by piece, which reports errors precisely.
     fn read_strided_vectored(&self, file: &File, buf: &mut [u8], rel: u64) -> bool {
         /// Linux's limit on the vectors of one call (UIO_MAXIOV).
         const MAX_IOV: usize = 1024;
-        let unit = u64::from(self.entry.unit);
-        let Some(gap_len) = u64::from(self.entry.stride).checked_sub(unit) else {
-            return false;
-        };
         let mut gap = [0u8; 256];
-        if gap_len > gap.len() as u64 {
-            return false;
-        }
         let gap_ptr = gap.as_mut_ptr();
         let base = buf.as_mut_ptr();
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
-        let mut done = 0usize;
-        while done < buf.len() {
-            let Some(at) = rel.checked_add(done as u64) else {
-                return false;
-            };
-            let Ok(start) = libc::off_t::try_from(self.entry.source_pos(at)) else {
+        let mut pieces = self.entry.pieces(rel, buf.len()).peekable();
+        while let Some(&(_, first_pos, _)) = pieces.peek() {
+            let Ok(start) = libc::off_t::try_from(first_pos) else {
                 return false;
             };
             iov.clear();
             let mut expect = 0usize;
-            let mut i = at;
-            while done < buf.len() && iov.len() + 2 <= MAX_IOV {
-                if !iov.is_empty() && gap_len > 0 {
+            let mut next_pos = first_pos;
+            while iov.len() + 2 <= MAX_IOV
+                && let Some((at, pos, n)) = pieces.next()
+            {
+                // The bytes between two pieces (an entry header) go to the scratch buffer.
+                let gap_len = match pos.checked_sub(next_pos) {
+                    Some(g) if g as usize <= gap.len() => g as usize,
+                    _ => return false,
+                };
+                if gap_len > 0 {
                     iov.push(libc::iovec {
                         iov_base: gap_ptr.cast(),
-                        iov_len: gap_len as usize,
+                        iov_len: gap_len,
                     });
-                    expect += gap_len as usize;
                 }
-                let n = ((unit - i % unit) as usize).min(buf.len() - done);
                 iov.push(libc::iovec {
-                    // SAFETY: `done + n <= buf.len()`, so the pointer stays inside `buf`.
-                    iov_base: unsafe { base.add(done) }.cast(),
+                    // SAFETY: `at + n <= buf.len()` (`pieces`), so the pointer stays inside `buf`.
+                    iov_base: unsafe { base.add(at) }.cast(),
                     iov_len: n,
                 });
-                expect += n;
-                done += n;
-                i += n as u64;
+                expect += gap_len + n;
+                next_pos = pos.saturating_add(n as u64);
             }
             // SAFETY: every vector points into `buf` (disjoint pieces, in bounds) or into `gap`
             // (the kernel may write it several times; nobody reads it), both alive and not

@@ -122,7 +122,8 @@ impl PageList {
             .flat_map(|r| (0..r.count).map(|i| r.page(i)))
     }
 
-    /// The `i`th page (a walk over the runs: for tests and diagnostics).
+    /// The `i`th page (a walk over the runs).
+    #[cfg(test)]
     pub fn get(&self, mut i: usize) -> Option<PageRef> {
         for r in &self.runs {
             if i < r.count as usize {
@@ -134,6 +135,7 @@ impl PageList {
     }
 }
 
+#[cfg(test)]
 impl From<Vec<PageRef>> for PageList {
     fn from(pages: Vec<PageRef>) -> Self {
         let mut list = PageList::default();

@@ -37,8 +37,8 @@
 //!   (measured: 10-18 % of the writer's time in a small-transaction WAL run when the writer did
 //!   it). The writer releases by itself only when the consumer fell `RELEASE_HARD_LIMIT` behind
 //!   (it is busy applying a big batch), which bounds the resident set either way. Once the
-//!   writer is idle the upkeep also releases the window it populated ahead (`SpoolWriter::writer_idle`),
-//!   so an idle database's spool holds no resident memory.
+//!   writer is idle the upkeep also releases the window it populated ahead
+//!   (`SpoolWriter::writer_idle`), so an idle database's spool holds no resident memory.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -552,10 +552,9 @@ impl SpoolWriter {
     }
 
     /// Whether the upkeep has seen the writer append nothing for `IDLE_AFTER`. Then the writer's
-    /// written pages are released and so is the window
-    /// populated ahead (measured: a 1 GB transaction's peak held a full 16 MiB window, 14 MiB of
-    /// it populated and never written, through the whole apply; even the smallest window kept
-    /// left the peak 2-4 MiB over). An idle database's spool so holds no resident memory; the
+    /// written pages are released and so is the window populated ahead (measured: a 1 GB
+    /// transaction's peak held a full 16 MiB window, 14 MiB of it populated and never written,
+    /// through the whole apply; even the smallest window kept left the peak 2-4 MiB over). An idle database's spool so holds no resident memory; the
     /// pages stay in the page cache, and the next transaction's first pages map them back with
     /// minor faults until the upkeep, which sees the stream move again, populates ahead once
     /// more. Idleness is judged by time, not by two looks in a row: the upkeep also looks
